@@ -1,0 +1,42 @@
+// The one place an op signature is written: TORCH_LIBRARY(muonext) schemas. Kernels register
+// themselves per backend next to their code (TORCH_LIBRARY_IMPL in *_cpu.cpp / *_cuda.cu); fake
+// kernels live in muonext/ops.py. pybind11 only carries non-tensor build information.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#ifndef MUONEXT_CUDA_ARCHS
+#define MUONEXT_CUDA_ARCHS ""
+#endif
+
+TORCH_LIBRARY(muonext, m) {
+  // Batched Newton–Schulz orthogonalisation; coefficients = [a0, b0, c0, a1, b1, c1, ...].
+  m.def("newton_schulz(Tensor X, float[] coefficients, float eps) -> Tensor");
+  // Sum-form momentum on many tensors: bufs ← μ·bufs + grads; outs ← grads + μ·bufs (Nesterov) or
+  // bufs, cast to each out's dtype (outs may be views into one batched Newton–Schulz input).
+  m.def("muon_momentum_(Tensor(a!)[] bufs, Tensor[] grads, Tensor(b!)[] outs, float momentum, "
+        "bool nesterov) -> ()");
+  // params ← params·(1 − lr·wd) − lr·scale·updates, per tensor.
+  m.def("muon_apply_(Tensor(a!)[] params, Tensor[] updates, float[] lrs, float[] weight_decays, "
+        "float[] scales) -> ()");
+  // Element ranges [offset, offset + length) of many tensors into one flat buffer of `dtype`, and back.
+  m.def("pack(Tensor[] tensors, int[] offsets, int[] lengths, ScalarType dtype) -> Tensor");
+  m.def("unpack_(Tensor flat, Tensor(a!)[] outs, int[] offsets, int[] lengths) -> ()");
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.def("build_info", [] {
+    pybind11::dict info;
+#ifdef MUONEXT_WITH_CUDA
+    info["cuda"] = true;
+#else
+    info["cuda"] = false;
+#endif
+    info["cuda_archs"] = std::string(MUONEXT_CUDA_ARCHS);
+#ifdef MUONEXT_DEBUG
+    info["debug"] = true;
+#else
+    info["debug"] = false;
+#endif
+    return info;
+  });
+}

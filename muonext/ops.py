@@ -1,0 +1,176 @@
+"""Typed wrappers of the `torch.ops.muonext.*` kernels: the only module that calls them.
+
+Each wrapper runs the compiled kernel when the extension has one for the tensor's device and the
+pure-PyTorch reference (`reference.py`) otherwise. Fake (meta) kernels are registered here so that
+`torch.compile` traces the ops without graph breaks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+from . import reference
+from ._extension import HAS_EXT
+
+__all__ = [
+    "newton_schulz",
+    "muon_momentum_",
+    "muon_apply_",
+    "pack",
+    "unpack_",
+    "flatten_coefficients",
+    "has_kernel",
+]
+
+
+def _kernel_devices(op: str) -> frozenset[str]:
+    if not HAS_EXT:
+        return frozenset()
+    keys = {"cpu": "CPU", "cuda": "CUDA"}
+    return frozenset(d for d, k in keys.items() if torch._C._dispatch_has_kernel_for_dispatch_key(f"muonext::{op}", k))
+
+
+# Decided once at import, so the per-call check is a constant set lookup that torch.compile folds.
+_KERNELS = {op: _kernel_devices(op) for op in ("newton_schulz", "muon_momentum_", "muon_apply_", "pack", "unpack_")}
+
+
+def has_kernel(op: str, device: torch.device | str) -> bool:
+    """Whether the compiled extension has a kernel of `op` for `device` (else the reference runs)."""
+    return torch.device(device).type in _KERNELS[op]
+
+
+def _device_of(tensors: Sequence[Tensor]) -> str:
+    return tensors[0].device.type if len(tensors) else "cpu"
+
+
+def flatten_coefficients(coefficients: Iterable[Sequence[float]] | Sequence[float]) -> list[float]:
+    """[(a, b, c), ...] or a flat [a, b, c, ...] → flat list of floats (validated by the op)."""
+    flat: list[float] = []
+    for item in coefficients:
+        if isinstance(item, (int, float)):
+            flat.append(float(item))
+        else:
+            flat.extend(float(v) for v in item)
+    return flat
+
+
+def newton_schulz(
+    X: Tensor, coefficients: Iterable[Sequence[float]] | Sequence[float], eps: float = 1e-7
+) -> Tensor:
+    """Orthogonalises X (rows, cols) or a batch (batch, rows, cols) with one Newton–Schulz step per (a, b, c).
+
+    Works in X's dtype (bf16: fp32 accumulation), returns a new contiguous tensor of X's shape and dtype.
+    """
+    coeffs = flatten_coefficients(coefficients)
+    if X.device.type in _KERNELS["newton_schulz"]:
+        return torch.ops.muonext.newton_schulz(X, coeffs, eps)
+    _check_ns_args(X, coeffs, eps)
+    return reference.newton_schulz_ref(X, coeffs, eps)
+
+
+def _check_ns_args(X: Tensor, coeffs: list[float], eps: float) -> None:
+    # The reference path raises the same errors as the kernel's checks.
+    if X.dim() not in (2, 3):
+        raise ValueError(f"newton_schulz: X must be 2-D (rows, cols) or 3-D (batch, rows, cols), got shape {list(X.shape)}")
+    if X.dtype not in (torch.float32, torch.bfloat16, torch.float64):
+        raise TypeError(f"newton_schulz: X must be float32, bfloat16 or float64, got {X.dtype}")
+    if not coeffs or len(coeffs) % 3:
+        raise ValueError(f"newton_schulz: coefficients must hold (a, b, c) for each step, got {len(coeffs)} numbers")
+    if not all(torch.isfinite(torch.tensor(coeffs)).tolist()) or not (eps >= 0 and eps != float("inf")):
+        raise ValueError("newton_schulz: coefficients and eps must be finite (eps >= 0)")
+
+
+def muon_momentum_(
+    bufs: Sequence[Tensor], grads: Sequence[Tensor], outs: Sequence[Tensor], momentum: float, nesterov: bool
+) -> None:
+    """In place on bufs: M ← μ·M + G for every triple; outs ← G + μ·M (Nesterov) or M, cast to outs' dtypes.
+
+    outs may be views into one preallocated batch, so the Newton–Schulz input is written only once.
+    """
+    if not len(bufs):
+        return
+    if _device_of(bufs) in _KERNELS["muon_momentum_"]:
+        torch.ops.muonext.muon_momentum_(list(bufs), list(grads), list(outs), float(momentum), bool(nesterov))
+    else:
+        reference.muon_momentum_ref(bufs, grads, outs, momentum, nesterov)
+
+
+def muon_apply_(
+    params: Sequence[Tensor],
+    updates: Sequence[Tensor],
+    lrs: Sequence[float],
+    weight_decays: Sequence[float],
+    scales: Sequence[float],
+) -> None:
+    """In place on params: W ← W·(1 − lr·wd) − lr·scale·U for every tensor, in one call."""
+    if not len(params):
+        return
+    args = (list(params), list(updates), [float(v) for v in lrs], [float(v) for v in weight_decays],
+            [float(v) for v in scales])
+    if _device_of(params) in _KERNELS["muon_apply_"]:
+        torch.ops.muonext.muon_apply_(*args)
+    else:
+        reference.muon_apply_ref(*args)
+
+
+def _ranges(tensors: Sequence[Tensor], offsets: Sequence[int] | None, lengths: Sequence[int] | None):
+    offsets = [0] * len(tensors) if offsets is None else [int(o) for o in offsets]
+    lengths = [t.numel() for t in tensors] if lengths is None else [int(n) for n in lengths]
+    return offsets, lengths
+
+
+def pack(
+    tensors: Sequence[Tensor],
+    dtype: torch.dtype,
+    offsets: Sequence[int] | None = None,
+    lengths: Sequence[int] | None = None,
+) -> Tensor:
+    """One flat `dtype` buffer holding tensors[i].flatten()[offsets[i] : offsets[i] + lengths[i]] in order
+    (whole tensors when offsets/lengths are None)."""
+    offsets, lengths = _ranges(tensors, offsets, lengths)
+    if not len(tensors):  # nothing for the dispatcher to choose a device by
+        return torch.empty(0, dtype=dtype)
+    if _device_of(tensors) in _KERNELS["pack"]:
+        return torch.ops.muonext.pack(list(tensors), offsets, lengths, dtype)
+    return reference.pack_ref(tensors, offsets, lengths, dtype)
+
+
+def unpack_(
+    flat: Tensor,
+    outs: Sequence[Tensor],
+    offsets: Sequence[int] | None = None,
+    lengths: Sequence[int] | None = None,
+) -> None:
+    """Inverse of `pack`: writes consecutive pieces of flat into the ranges of outs, cast to their dtypes."""
+    offsets, lengths = _ranges(outs, offsets, lengths)
+    if flat.device.type in _KERNELS["unpack_"]:
+        torch.ops.muonext.unpack_(flat, list(outs), offsets, lengths)
+    else:
+        reference.unpack_ref(flat, outs, offsets, lengths)
+
+
+if HAS_EXT:
+
+    @torch.library.register_fake("muonext::newton_schulz")
+    def _newton_schulz_fake(X, coefficients, eps):
+        return torch.empty_like(X, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("muonext::muon_momentum_")
+    def _muon_momentum_fake(bufs, grads, outs, momentum, nesterov):
+        return None
+
+    @torch.library.register_fake("muonext::muon_apply_")
+    def _muon_apply_fake(params, updates, lrs, weight_decays, scales):
+        return None
+
+    @torch.library.register_fake("muonext::pack")
+    def _pack_fake(tensors, offsets, lengths, dtype):
+        device = tensors[0].device if tensors else torch.device("cpu")
+        return torch.empty(sum(lengths), dtype=dtype, device=device)
+
+    @torch.library.register_fake("muonext::unpack_")
+    def _unpack_fake(flat, outs, offsets, lengths):
+        return None

@@ -1,0 +1,218 @@
+"""Arithmetic problems with verifiable answers: the math tasks of the k1.5 loop at demo scale.
+
+k1.5 trains on problems whose answers a program can check. Integer arithmetic has that property, needs
+no data download, and scales in difficulty by two knobs the curriculum can follow: how many digits the
+numbers have and how many operations there are (with parentheses from level 4 on).
+
+Every problem carries two reference solutions: `long_solution` (one reduction per line, the
+"chain of thought") and `short_solution` (the answer line alone). Both end with the same line,
+``Answer: <integer>``, which is the format `verify.extract_answer` looks for first. The long/short pair
+is what the long2short experiments need for SFT warm-up data.
+
+JSONL problem sets hold one object per line with at least ``prompt``, ``answer`` and ``difficulty``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+ANSWER_PREFIX = "Answer: "
+PROMPT_TEMPLATE = "What is {expr}?"
+
+
+@dataclass(frozen=True)
+class Level:
+    """One difficulty level: `n_ops` operators over numbers of up to `digits` digits."""
+
+    n_ops: int
+    digits: int
+    ops: str
+    parentheses: bool
+
+
+LEVELS: dict[int, Level] = {
+    1: Level(n_ops=1, digits=1, ops="+", parentheses=False),
+    2: Level(n_ops=1, digits=2, ops="+-", parentheses=False),
+    3: Level(n_ops=2, digits=2, ops="+-*", parentheses=False),
+    4: Level(n_ops=3, digits=2, ops="+-*", parentheses=True),
+    5: Level(n_ops=4, digits=3, ops="+-*", parentheses=True),
+    6: Level(n_ops=5, digits=3, ops="+-*", parentheses=True),
+}
+MAX_DIFFICULTY = max(LEVELS)
+_PRECEDENCE = {"+": 1, "-": 1, "*": 2}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A prompt, its canonical integer answer (as a string) and two solutions that end in that answer."""
+
+    prompt: str
+    answer: str
+    difficulty: int
+    long_solution: str = ""
+    short_solution: str = ""
+
+
+# An expression is an int (a leaf) or a tuple (op, left, right).
+Expr = int | tuple
+
+
+def _render(e: Expr, parent_prec: int = 0, right_of: str = "") -> str:
+    """Infix text with only the parentheses the value needs; negative numbers are parenthesised."""
+    if isinstance(e, int):
+        return f"({e})" if e < 0 else str(e)
+    op, left, right = e
+    prec = _PRECEDENCE[op]
+    text = f"{_render(left, prec)} {op} {_render(right, prec, op)}"
+    # a - (b + c) and a - (b - c) need them; a * (b * c) and a + (b + c) do not.
+    needs = prec < parent_prec or (prec == parent_prec and right_of == "-")
+    return f"({text})" if needs else text
+
+
+def _apply(op: str, a: int, b: int) -> int:
+    return a + b if op == "+" else a - b if op == "-" else a * b
+
+
+def evaluate(e: Expr) -> int:
+    """The value of an expression tree (the oracle the solutions are checked against in tests)."""
+    if isinstance(e, int):
+        return e
+    op, left, right = e
+    return _apply(op, evaluate(left), evaluate(right))
+
+
+def _reduce_once(e: Expr) -> tuple[Expr, str]:
+    """Reduce the first operator (post-order) whose operands are both numbers; return the step text."""
+    op, left, right = e
+    if isinstance(left, int) and isinstance(right, int):
+        value = _apply(op, left, right)
+        return value, f"{_render(left)} {op} {_render(right)} = {value}"
+    if not isinstance(left, int):
+        new_left, step = _reduce_once(left)
+        return (op, new_left, right), step
+    new_right, step = _reduce_once(right)
+    return (op, left, new_right), step
+
+
+def _solutions(e: Expr) -> tuple[str, str, int]:
+    lines = [f"We compute {_render(e)} step by step."]
+    while not isinstance(e, int):
+        e, step = _reduce_once(e)
+        lines.append(
+            f"{step}, so the expression becomes {_render(e)}." if not isinstance(e, int) else f"{step}."
+        )
+    answer_line = f"{ANSWER_PREFIX}{e}"
+    lines.append(f"So the answer is {e}.")
+    lines.append(answer_line)
+    return "\n".join(lines), answer_line, e
+
+
+def _number(rng: random.Random, digits: int) -> int:
+    """A number with 1..`digits` digits, biased towards the full width."""
+    d = digits if rng.random() < 0.7 else rng.randint(1, digits)
+    return rng.randint(0 if d == 1 else 10 ** (d - 1), 10**d - 1)
+
+
+def _by_precedence(numbers: list[int], ops: list[str]) -> Expr:
+    """Tree of a flat `a op b op c ...` with the usual precedence (* before +/-, left to right)."""
+    terms: list[Expr] = [numbers[0]]
+    joins: list[str] = []
+    for op, n in zip(ops, numbers[1:]):
+        if op == "*":
+            terms[-1] = ("*", terms[-1], n)
+        else:
+            joins.append(op)
+            terms.append(n)
+    tree = terms[0]
+    for op, t in zip(joins, terms[1:]):
+        tree = (op, tree, t)
+    return tree
+
+
+def _random_tree(rng: random.Random, n_ops: int, level: Level) -> Expr:
+    if n_ops == 0:
+        return _number(rng, level.digits)
+    left_ops = rng.randint(0, n_ops - 1)
+    op = rng.choice(level.ops)
+    return (op, _random_tree(rng, left_ops, level), _random_tree(rng, n_ops - 1 - left_ops, level))
+
+
+def generate_problem(rng: random.Random, difficulty: int) -> Problem:
+    """One problem of the given level, drawn from `rng` (all randomness comes from it)."""
+    if difficulty not in LEVELS:
+        raise ValueError(f"difficulty must be one of {sorted(LEVELS)}, got {difficulty}")
+    level = LEVELS[difficulty]
+    if level.parentheses:
+        tree = _random_tree(rng, level.n_ops, level)
+    else:
+        numbers = [_number(rng, level.digits) for _ in range(level.n_ops + 1)]
+        tree = _by_precedence(numbers, [rng.choice(level.ops) for _ in range(level.n_ops)])
+    long_solution, short_solution, value = _solutions(tree)
+    assert value == evaluate(tree)
+    return Problem(
+        prompt=PROMPT_TEMPLATE.format(expr=_render(tree)),
+        answer=str(value),
+        difficulty=difficulty,
+        long_solution=long_solution,
+        short_solution=short_solution,
+    )
+
+
+def generate_problems(n: int, difficulties: int | Sequence[int], seed: int) -> list[Problem]:
+    """`n` problems; difficulty `difficulties` or cycled through the given levels. Same seed, same list."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    levels = [difficulties] if isinstance(difficulties, int) else list(difficulties)
+    if not levels:
+        raise ValueError("difficulties must name at least one level")
+    rng = random.Random(seed)
+    return [generate_problem(rng, levels[i % len(levels)]) for i in range(n)]
+
+
+# ----------------------------------------------------------------------------------------------- JSONL
+_REQUIRED = {"prompt": str, "answer": str, "difficulty": int}
+_OPTIONAL = {"long_solution": str, "short_solution": str}
+
+
+def save_problems(path: str | Path, problems: Iterable[Problem]) -> None:
+    """Write one JSON object per line (solutions included when present)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for p in problems:
+            row = {"prompt": p.prompt, "answer": p.answer, "difficulty": p.difficulty}
+            row.update({k: getattr(p, k) for k in _OPTIONAL if getattr(p, k)})
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def load_problems(path: str | Path) -> list[Problem]:
+    """Read a JSONL problem set; blank lines are skipped; a bad row raises ValueError naming its line."""
+    problems = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")  # noqa: TRY004
+            missing = [k for k in _REQUIRED if k not in row]
+            if missing:
+                raise ValueError(f"{where}: missing field(s) {missing}; a row needs {list(_REQUIRED)}")
+            if isinstance(row["answer"], (int, float)) and not isinstance(row["answer"], bool):
+                row["answer"] = str(row["answer"])
+            for key, typ in {**_REQUIRED, **_OPTIONAL}.items():
+                if key in row and (not isinstance(row[key], typ) or isinstance(row[key], bool)):
+                    raise ValueError(
+                        f"{where}: field {key!r} must be {typ.__name__}, "
+                        f"got {type(row[key]).__name__} {row[key]!r}"
+                    )
+            if row["difficulty"] < 1:
+                raise ValueError(f"{where}: difficulty must be >= 1, got {row['difficulty']}")
+            problems.append(Problem(**{k: row[k] for k in (*_REQUIRED, *_OPTIONAL) if k in row}))
+    return problems

@@ -1,0 +1,174 @@
+"""Arithmetic tasks, the answer extractor and the exact-value verifier, JSONL problem sets."""
+
+import json
+import random
+from fractions import Fraction
+
+import pytest
+
+from muonext.rl import tasks
+from muonext.rl.tasks import (
+    LEVELS,
+    Problem,
+    evaluate,
+    generate_problem,
+    generate_problems,
+    load_problems,
+    save_problems,
+)
+from muonext.rl.verify import answers_match, extract_answer, math_reward, parse_number, verify
+
+
+# ------------------------------------------------------------------------------------------ generator
+def test_generator_is_deterministic():
+    a = generate_problems(200, range(1, 7), seed=123)
+    b = generate_problems(200, range(1, 7), seed=123)
+    c = generate_problems(200, range(1, 7), seed=124)
+    assert a == b
+    assert a != c
+
+
+@pytest.mark.parametrize("difficulty", sorted(LEVELS))
+def test_every_problem_verifies_against_its_own_solutions(difficulty):
+    for i, p in enumerate(generate_problems(300, difficulty, seed=difficulty)):
+        assert p.difficulty == difficulty
+        assert p.long_solution.splitlines()[-1] == p.short_solution == f"Answer: {p.answer}", f"{i=} {p=}"
+        assert verify(p.long_solution, p.answer), f"{i=} {p=}"
+        assert verify(p.short_solution, p.answer), f"{i=} {p=}"
+        # the answer is the value of the prompt's expression, computed independently by Python
+        expr = p.prompt.removeprefix("What is ").removesuffix("?")
+        assert eval(expr) == int(p.answer), f"{i=} {expr=} {p.answer=}"
+
+
+def test_difficulty_controls_size():
+    for d, level in LEVELS.items():
+        for p in generate_problems(50, d, seed=0):
+            expr = p.prompt.removeprefix("What is ").removesuffix("?")
+            n_ops = sum(expr.count(f" {op} ") for op in "+-*")
+            assert n_ops == level.n_ops, f"{d=} {expr=}"
+            numbers = [int(t) for t in expr.replace("(", " ").replace(")", " ").split() if t.isdigit()]
+            assert max(len(str(n)) for n in numbers) <= level.digits, f"{d=} {expr=}"
+            assert ("(" in expr) <= level.parentheses, f"{d=} {expr=}"
+    assert any("(" in p.prompt for p in generate_problems(50, 4, seed=0))
+
+
+def test_render_and_evaluate_hand_examples():
+    # a - (b + c) keeps its parentheses; (a * b) + c loses them
+    tree = ("-", 10, ("+", 2, 3))
+    assert tasks._render(tree) == "10 - (2 + 3)"
+    assert evaluate(tree) == 5
+    assert tasks._render(("+", ("*", 2, 3), 4)) == "2 * 3 + 4"
+    assert tasks._render(("*", ("+", 2, 3), 4)) == "(2 + 3) * 4"
+    long, short, value = tasks._solutions(("*", ("+", 2, 3), 4))
+    assert value == 20 and short == "Answer: 20"
+    assert long.splitlines()[1] == "2 + 3 = 5, so the expression becomes 5 * 4."
+
+
+def test_bad_difficulty():
+    with pytest.raises(ValueError, match="difficulty must be one of"):
+        generate_problem(random.Random(0), 99)
+
+
+# ------------------------------------------------------------------------------------------ verifier
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Let me think. 3 + 4 = 7. Answer: 7", "7"),
+        ("Answer: 5\nwait, no.\nAnswer: 6", "6"),
+        ("so the answer is 42.", "42"),
+        ("The answer is: -3/4", "-3/4"),
+        ("We get \\boxed{1,234} in the end", "1,234"),
+        ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+        ("first \\boxed{1} then \\boxed{2}", "2"),
+        ("Answer: \\boxed{12}", "12"),
+        ("numbers 1, 2 and finally 3.5", "3.5"),
+        ("ANSWER: +8", "+8"),
+        ("Answer: \u22125", "-5"),
+        ("Answer: **17**", "17"),
+        ("no numbers here", None),
+        ("", None),
+    ],
+)
+def test_extract_answer(text, expected):
+    assert extract_answer(text) == expected, f"{text=}"
+
+
+@pytest.mark.parametrize(
+    "written, value",
+    [
+        ("42", 42),
+        (" 42 ", 42),
+        ("+42", 42),
+        ("42.0", 42),
+        ("42.", 42),
+        ("1,234", 1234),
+        ("1,234,567.50", Fraction(2469135, 2)),
+        ("-7", -7),
+        ("- 7", -7),
+        ("3 / 4", Fraction(3, 4)),
+        ("0.5", Fraction(1, 2)),
+        ("3/4", Fraction(3, 4)),
+        ("\\frac{3}{4}", Fraction(3, 4)),
+        ("-\\frac{1}{2}", Fraction(-1, 2)),
+        ("\\dfrac{6}{4}", Fraction(3, 2)),
+        ("\\boxed{ 12 }", 12),
+        ("$12$", 12),
+        (".25", Fraction(1, 4)),
+    ],
+)
+def test_parse_number_tolerates_formatting(written, value):
+    assert parse_number(written) == value, f"{written=}"
+
+
+@pytest.mark.parametrize("written", ["1,23", "12,34,567", "abc", "1/0", "4 2", "", "\\frac{1}{0}", "1.2.3"])
+def test_parse_number_rejects_malformed(written):
+    assert parse_number(written) is None, f"{written=}"
+
+
+def test_verifier_is_strict_on_value():
+    assert answers_match("0.5", "1/2") and answers_match("\\frac{2}{4}", "0.5")
+    assert not answers_match("0.33", "1/3")
+    assert not answers_match("0.333333333333", "1/3")
+    assert not answers_match("42.5", "42")
+    assert not answers_match("42.0000001", "42")
+    assert not answers_match("-42", "42")
+    assert not answers_match("1,23", "123")
+    assert verify("Answer: 1,000", "1000") and verify("so the answer is 1000.0", "1000")
+    assert not verify("Answer: 999", "1000")
+    assert not verify("I don't know", "1000")
+    assert math_reward("Answer: 7", "7") == 1.0 and math_reward("Answer: 8", "7") == 0.0
+
+
+# ------------------------------------------------------------------------------------------ JSONL
+def test_jsonl_round_trip(tmp_path):
+    problems = generate_problems(20, [1, 3, 6], seed=5) + [Problem("What is x?", "3", 2)]
+    path = tmp_path / "set.jsonl"
+    save_problems(path, problems)
+    assert load_problems(path) == problems
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert all({"prompt", "answer", "difficulty"} <= set(r) for r in rows)
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("{not json", "not valid JSON"),
+        ('["a list"]', "expected a JSON object"),
+        ('{"prompt": "p", "difficulty": 1}', r"missing field\(s\) \['answer'\]"),
+        ('{"prompt": "p", "answer": "1", "difficulty": "hard"}', "field 'difficulty' must be int"),
+        ('{"prompt": "p", "answer": "1", "difficulty": 0}', "difficulty must be >= 1"),
+        ('{"prompt": 3, "answer": "1", "difficulty": 1}', "field 'prompt' must be str"),
+    ],
+)
+def test_jsonl_bad_rows_name_the_line(tmp_path, line, message):
+    path = tmp_path / "bad.jsonl"
+    good = '{"prompt": "What is 1 + 1?", "answer": 2, "difficulty": 1}'
+    path.write_text(f"{good}\n\n{line}\n")
+    with pytest.raises(ValueError, match=rf"bad.jsonl:3: {message}"):
+        load_problems(path)
+
+
+def test_jsonl_numeric_answer_is_accepted(tmp_path):
+    path = tmp_path / "num.jsonl"
+    path.write_text('{"prompt": "What is 1 + 1?", "answer": 2, "difficulty": 1}\n')
+    assert load_problems(path) == [Problem("What is 1 + 1?", "2", 1)]

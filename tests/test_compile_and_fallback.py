@@ -51,3 +51,17 @@ def test_without_extension_the_reference_runs_with_one_warning():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr
+
+
+def test_compiled_optimizer_step_breaks_only_outside_the_ops():
+    from muonext.optim import Muon
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
+    opt = Muon(model.parameters(), lr=0.01)
+    model(torch.randn(4, 16)).sum().backward()
+    explanation = torch._dynamo.explain(opt.step)()
+    reasons = [str(b.reason) for b in explanation.break_reasons]
+    traced = {str(n.target) for g in explanation.graphs for n in g.graph.nodes if "muonext" in str(n.target)}
+    assert {"muonext.muon_momentum_", "muonext.newton_schulz", "muonext.muon_apply_"} <= traced, traced
+    assert not [r for r in reasons if "muonext" in r], reasons  # breaks only at host syncs (.item())

@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import warnings
 
+import torch  # noqa: F401  (loads libc10/libtorch, which _C links against, before _C itself)
+
 HAS_EXT = False
 HAS_CUDA_EXT = False
 BUILD_INFO: dict = {}

@@ -1,11 +1,17 @@
-"""Optimizers: Muon (single process) and its building blocks."""
+"""Optimizers: Muon (single process), DistributedMuon (ZeRO-1) and their building blocks."""
 
 from .coefficients import KELLER, POLAR_EXPRESS, ns_schedule
+from .dist_comm import DistributedMuonError
+from .distributed import DistributedMuon
+from .distributed_state import to_muon_state_dict
 from .muon import Muon, NonFiniteGradientError, matrix_shape
 from .routing import is_muon_param, muon_param_groups
 
 __all__ = [
     "Muon",
+    "DistributedMuon",
+    "DistributedMuonError",
+    "to_muon_state_dict",
     "NonFiniteGradientError",
     "muon_param_groups",
     "is_muon_param",

@@ -8,6 +8,7 @@
 #include "common/chunks.h"
 #include "common/dispatch.h"
 #include "muon_update/muon_update.h"
+#include "muon_update/update_checks.h"
 
 namespace muonext {
 namespace {
@@ -21,26 +22,10 @@ std::vector<int64_t> numels_of(const std::vector<at::Tensor>& ts) {
   return n;
 }
 
-void check_pairs(const char* op, at::TensorList a, const char* a_name, at::TensorList b, const char* b_name) {
-  check_list_length(a_name, a.size(), b_name, b.size());
-  if (a.empty()) return;
-  const at::Device device = a[0].device();
-  for (size_t i = 0; i < a.size(); ++i) {
-    check_dense_real(a[i], item_name(a_name, i), device);
-    check_dense_real(b[i], item_name(b_name, i), device);
-    MX_CHECK_TYPE(is_kernel_dtype(a[i].scalar_type()), op, ": ", item_name(a_name, i),
-                  " must be float32, float64 or bfloat16, got ", a[i].scalar_type());
-    MX_CHECK_TYPE(is_kernel_dtype(b[i].scalar_type()), op, ": ", item_name(b_name, i),
-                  " must be float32, float64 or bfloat16, got ", b[i].scalar_type());
-    MX_CHECK_VALUE(a[i].sizes() == b[i].sizes(), op, ": ", item_name(b_name, i), " has shape ", b[i].sizes(),
-                   " but ", item_name(a_name, i), " has shape ", a[i].sizes());
-  }
-}
-
 void muon_momentum_cpu(at::TensorList bufs, at::TensorList grads, at::TensorList outs, double momentum,
                        bool nesterov) {
-  check_pairs("muon_momentum_", bufs, "bufs", grads, "grads");
-  check_pairs("muon_momentum_", bufs, "bufs", outs, "outs");
+  check_update_pairs("muon_momentum_", bufs, "bufs", grads, "grads");
+  check_update_pairs("muon_momentum_", bufs, "bufs", outs, "outs");
   MX_CHECK_VALUE(std::isfinite(momentum), "muon_momentum_: momentum must be finite, got ", momentum);
   std::vector<at::Tensor> work = contiguous_targets(bufs);
   std::vector<at::Tensor> out_work = contiguous_targets(outs);
@@ -68,7 +53,7 @@ void muon_momentum_cpu(at::TensorList bufs, at::TensorList grads, at::TensorList
 
 void muon_apply_cpu(at::TensorList params, at::TensorList updates, at::ArrayRef<double> lrs,
                     at::ArrayRef<double> weight_decays, at::ArrayRef<double> scales) {
-  check_pairs("muon_apply_", params, "params", updates, "updates");
+  check_update_pairs("muon_apply_", params, "params", updates, "updates");
   check_list_length("params", params.size(), "lrs", lrs.size());
   check_list_length("params", params.size(), "weight_decays", weight_decays.size());
   check_list_length("params", params.size(), "scales", scales.size());

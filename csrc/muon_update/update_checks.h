@@ -1,4 +1,4 @@
-// Argument checks of muon_momentum_ / muon_apply_ for the CUDA glue (same messages as the CPU glue).
+// Argument checks of muon_momentum_ / muon_apply_ shared by the CPU and CUDA glue.
 #pragma once
 
 #include <ATen/ATen.h>

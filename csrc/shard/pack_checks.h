@@ -1,4 +1,4 @@
-// Argument checks of pack / unpack_ for the CUDA glue (same messages as the CPU glue): validates the
+// Argument checks of pack / unpack_ shared by the CPU and CUDA glue: validates the
 // (offset, length) ranges and returns where each range starts in the flat buffer (+ the total).
 #pragma once
 

@@ -6,32 +6,12 @@
 #include "common/chunks.h"
 #include "common/dispatch.h"
 #include "shard/pack.h"
+#include "shard/pack_checks.h"
 
 namespace muonext {
 namespace {
 
 constexpr int64_t kChunk = 1 << 16;
-
-// Validates the (offset, length) ranges and returns where each range starts in the flat buffer.
-std::vector<int64_t> flat_starts(const char* op, at::TensorList ts, const char* ts_name,
-                                 at::IntArrayRef offsets, at::IntArrayRef lengths) {
-  check_list_length(ts_name, ts.size(), "offsets", offsets.size());
-  check_list_length(ts_name, ts.size(), "lengths", lengths.size());
-  std::vector<int64_t> starts;
-  int64_t total = 0;
-  for (size_t i = 0; i < ts.size(); ++i) {
-    check_dense_real(ts[i], item_name(ts_name, i), ts[0].device());
-    MX_CHECK_TYPE(is_kernel_dtype(ts[i].scalar_type()), op, ": ", item_name(ts_name, i),
-                  " must be float32, float64 or bfloat16, got ", ts[i].scalar_type());
-    MX_CHECK_VALUE(offsets[i] >= 0 && lengths[i] >= 0 && offsets[i] + lengths[i] <= ts[i].numel(), op,
-                   ": the range offsets[", i, "]=", offsets[i], ", lengths[", i, "]=", lengths[i], " does not fit in ",
-                   item_name(ts_name, i), " with ", ts[i].numel(), " elements");
-    starts.push_back(total);
-    total += lengths[i];
-  }
-  starts.push_back(total);
-  return starts;
-}
 
 // Runs copy(i, begin, end) over chunks of every range, in parallel.
 template <typename Copy>
@@ -44,7 +24,7 @@ void for_each_range_chunk(at::IntArrayRef lengths, Copy&& copy) {
 
 at::Tensor pack_cpu(at::TensorList tensors, at::IntArrayRef offsets, at::IntArrayRef lengths, at::ScalarType dtype) {
   MX_CHECK_TYPE(is_kernel_dtype(dtype), "pack: dtype must be float32, float64 or bfloat16, got ", dtype);
-  const auto starts = flat_starts("pack", tensors, "tensors", offsets, lengths);
+  const auto starts = pack_flat_starts("pack", tensors, "tensors", offsets, lengths);
   const auto options = tensors.empty() ? at::TensorOptions(at::kCPU) : tensors[0].options();
   at::Tensor flat = at::empty({starts.back()}, options.dtype(dtype));
   std::vector<at::Tensor> src;
@@ -61,7 +41,7 @@ at::Tensor pack_cpu(at::TensorList tensors, at::IntArrayRef offsets, at::IntArra
 }
 
 void unpack_cpu(const at::Tensor& flat, at::TensorList outs, at::IntArrayRef offsets, at::IntArrayRef lengths) {
-  const auto starts = flat_starts("unpack_", outs, "outs", offsets, lengths);
+  const auto starts = pack_flat_starts("unpack_", outs, "outs", offsets, lengths);
   MX_CHECK_VALUE(flat.dim() == 1 && flat.numel() == starts.back(), "unpack_: flat must be 1-D with ", starts.back(),
                  " elements (the sum of lengths), got shape ", flat.sizes());
   if (!outs.empty()) check_dense_real(flat, "flat", outs[0].device());

@@ -20,7 +20,7 @@ from collections import defaultdict
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timer import machine_line, median_seconds  # noqa: E402
+from timer import interleaved_medians, machine_line  # noqa: E402
 
 from muonext import HAS_EXT, ops  # noqa: E402
 from muonext.optim import Muon, ns_schedule  # noqa: E402
@@ -99,15 +99,13 @@ def main():
         torch_muon.step()
         torch_adamw_vec.step()
 
-    t_ours = median_seconds(ours.step, args.repeats)
-    t_torch = median_seconds(torch_muon_step, args.repeats)
-    t_adamw = median_seconds(adamw.step, args.repeats)
+    steps_t = interleaved_medians({"ours": ours.step, "torch": torch_muon_step, "adamw": adamw.step}, args.repeats)
+    t_ours, t_torch, t_adamw = steps_t["ours"], steps_t["torch"], steps_t["adamw"]
 
     steps, schedule = 5, ns_schedule("keller", 5)
     batches = ns_batches(ours_params)
     total_flops = sum(ns_flops(b, r, c, steps) for (r, c), b in batches.items())
     inputs = {k: torch.randn(b, *k).bfloat16() for k, b in batches.items()}
-    t_ns = median_seconds(lambda: [ops.newton_schulz(x, schedule) for x in inputs.values()], args.repeats)
 
     def plain_bmm():  # the same GEMMs as NS with nothing else: this machine's batched-matmul rate
         for x in inputs.values():
@@ -117,14 +115,18 @@ def main():
                 p = torch.bmm(a, a)
                 torch.bmm(p, w)
 
-    t_bmm = median_seconds(plain_bmm, args.repeats)
     per_matrix = [torch.randn(r, c).bfloat16() for (r, c), b in batches.items() for _ in range(b)]
     torch_ns = torch.optim._muon._zeropower_via_newtonschulz
-    t_torch_ns = median_seconds(lambda: [torch_ns(m, (3.4445, -4.7750, 2.0315), 5, 1e-7) for m in per_matrix],
-                                args.repeats)
+    ns_t = interleaved_medians({
+        "ours": lambda: [ops.newton_schulz(x, schedule) for x in inputs.values()],
+        "bmm": plain_bmm,
+        "torch": lambda: [torch_ns(m, (3.4445, -4.7750, 2.0315), 5, 1e-7) for m in per_matrix],
+    }, args.repeats)
+    t_ns, t_bmm, t_torch_ns = ns_t["ours"], ns_t["bmm"], ns_t["torch"]
 
     n_matrix = sum(p.numel() for p in ours_params if p.dim() >= 2)
-    print(f"machine: {machine_line()}, {torch.get_num_threads()} threads; extension loaded: {HAS_EXT}")
+    print(f"machine: {machine_line()}, {torch.get_num_threads()} threads; extension loaded: {HAS_EXT}; "
+          f"load average {os.getloadavg()[0]:.1f}")
     print(f"parameters: {sum(p.numel() for p in ours_params):,} ({n_matrix:,} in matrices: "
           f"{sum(batches.values())} matrices in {len(batches)} shapes)\n")
     print(f"{'optimizer step':34s} {'ms':>9s} {'× torch.optim.Muon':>19s}")

@@ -24,6 +24,25 @@ def median_seconds(fn: Callable[[], object], repeats: int = 7, warmup: int = 2, 
     return statistics.median(times)
 
 
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int = 7, warmup: int = 1,
+                        device: str = "cpu") -> dict[str, float]:
+    """Median seconds of each fn, timed in rounds (a, b, c, a, b, c, ...) so that a change in the load of a
+    shared machine hits every candidate alike instead of whichever ran during it."""
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    sync()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def machine_line() -> str:
     import os
     import platform

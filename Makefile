@@ -1,6 +1,6 @@
 # The README's commands. Both work from a fresh clone with nothing but Python 3.10+ installed:
 #   make test   creates .venv (CPU torch + test deps), builds the extension, runs the C++ and Python tests
-#   make demo   runs the main job on the embedded default data
+#   make demo   runs the main job (train_moonlight.py, tiny preset) on the embedded default data
 # Others: make bench (kernel microbenchmarks), make cpp-test, make build, make clean.
 
 PYTHON ?= python3
@@ -29,7 +29,7 @@ test: build cpp-test
 	$(PY) -m pytest -q
 
 demo: build
-	$(PY) examples/muon_quickstart.py
+	$(PY) examples/train_moonlight.py --preset tiny --out runs/demo
 
 bench: build
 	$(PY) -m pytest bench --benchmark-only -q

@@ -203,6 +203,11 @@ class MoonlightConfig:
         return dataclasses.replace(self, **changes)
 
     # ------------------------------------------------------------------ presets
+    @staticmethod
+    def presets() -> list[str]:
+        """The names `preset()` accepts."""
+        return sorted(_PRESETS)
+
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> MoonlightConfig:
         """`moonlight-16b-a3b` (the published config), `tiny` (CPU demo, minutes), `debug` (seconds)."""

@@ -1,0 +1,285 @@
+"""The training loop: Muon (or AdamW) on Moonlight, one process or torchrun (DESIGN.md §6).
+
+Per step: grad_accum micro-batches of the *global* batch (each rank keeps its rows), loss scaled so that
+the gradients summed over micro-batches and ranks are the global token-mean; one all-reduce of the
+gradients; clipping; lr from the schedule; optimizer step; aux-loss-free router bias update with the
+expert loads summed over ranks. Every `log_every` steps a metrics line; periodic validation; atomic
+checkpoints; at the end a sample, an export (transformers format) and plots.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..data.loader import Loader, eval_batches, shard_rows
+from ..data.sft import IGNORE
+from ..models import generate, save_pretrained
+from ..optim import DistributedMuon, Muon, to_muon_state_dict
+from .build import build_data, build_model, build_optimizer, model_config_dict
+from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from .config import TrainConfig
+from .metrics import MetricsLogger, update_rms_by_kind, weight_rms_by_kind
+from .runtime import Runtime, all_reduce_grads, setup_runtime
+from .schedule import lr_factor, set_lr
+
+# settings that a resumed run must share with the original to continue it exactly
+RESUME_FIELDS = ("model", "data", "sft", "seq_len", "batch_size", "grad_accum", "seed", "max_corpus_bytes",
+                 "val_fraction", "precision", "ns_dtype")
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    step: int
+    val_loss: float | None
+    sample: str | None
+    checkpoint: Path | None
+
+
+def _n_targets(labels: torch.Tensor) -> int:
+    return int((labels[:, 1:] != IGNORE).sum())
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, rt: Runtime):
+        self.cfg, self.rt = cfg, rt
+        if cfg.batch_size % rt.world_size:
+            raise ValueError(f"TrainConfig.batch_size ({cfg.batch_size}) must be a multiple of the number of "
+                             f"processes ({rt.world_size}): it is the global batch, split over ranks")
+        self.out = Path(cfg.out)
+        self.ckpt_root = self.out / "checkpoints"
+        resume_dir = None
+        if cfg.resume == "auto":
+            resume_dir = latest_checkpoint(self.ckpt_root)
+        elif cfg.resume is not None:
+            resume_dir = Path(cfg.resume)
+        ck = load_checkpoint(resume_dir) if resume_dir is not None else None
+        self.data = build_data(cfg, rt, resume_dir)
+        self.model = build_model(cfg, self.data, ck.shared["model_config"] if ck else None).to(rt.device)
+        self.optimizer = build_optimizer(cfg, self.model, rt)
+        self.loader = Loader(self.data.train, cfg.batch_size, cfg.seed)
+        self.val_batches = eval_batches(self.data.val, cfg.batch_size, cfg.eval_batches)
+        self.step, self.tokens_seen, self.val_loss = 0, 0, None
+        self.numels = {n: p.numel() for n, p in self.model.named_parameters()}
+        if ck is not None:
+            self._restore(ck)
+        self.logger = MetricsLogger(self.out, rt.is_main, self.step if ck else None)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _restore(self, ck) -> None:
+        self.model.load_state_dict(ck.model_state())
+        for moe in self.model.moe_layers():
+            moe.reset_load()
+        s = ck.shared
+        changed = {k: (s["config"][k], getattr(self.cfg, k)) for k in RESUME_FIELDS
+                   if k in s["config"] and s["config"][k] != getattr(self.cfg, k)}
+        if changed:
+            warnings.warn(f"resuming {ck.path} with changed settings {changed} (checkpoint, now): the run will "
+                          "not match one that never stopped", stacklevel=2)
+        self.step, self.tokens_seen, self.val_loss = s["step"], s["tokens_seen"], s.get("val_loss")
+        self.loader.load_state_dict(s["loader"])
+        if s["optimizer_kind"] != self.cfg.optimizer:
+            raise ValueError(f"{ck.path}: was trained with optimizer {s['optimizer_kind']!r}, "
+                             f"TrainConfig.optimizer is {self.cfg.optimizer!r}")
+        same = ck.world_size == self.rt.world_size
+        mine = ck.rank_state(self.rt.rank) if self.rt.rank < ck.world_size else None
+        if same or isinstance(self.optimizer, torch.optim.AdamW):
+            self.optimizer.load_state_dict((mine or ck.rank_state(0))["optimizer"])
+        else:  # another world size: merge the shards (DistributedMuon protocol)
+            shards = [ck.rank_state(r)["optimizer"] for r in range(ck.world_size)]
+            if isinstance(self.optimizer, DistributedMuon):
+                self.optimizer.load_state_dict(shards if ck.world_size > 1 else shards[0])
+            else:
+                self.optimizer.load_state_dict(to_muon_state_dict(shards))
+        if mine is not None:
+            torch.set_rng_state(mine["rng"]["torch"])
+            if "cuda" in mine["rng"] and self.rt.device.type == "cuda":
+                torch.cuda.set_rng_state(mine["rng"]["cuda"], self.rt.device)
+
+    def save(self) -> Path:
+        rng = {"torch": torch.get_rng_state()}
+        if self.rt.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.rt.device)
+        shared = {"tokens_seen": self.tokens_seen, "loader": self.loader.state_dict(), "val_loss": self.val_loss,
+                  "optimizer_kind": self.cfg.optimizer, "config": self.cfg.to_dict(),
+                  "model_config": model_config_dict(self.model)}
+        path = save_checkpoint(
+            self.ckpt_root, self.step, model_state=self.model.state_dict(),
+            rank_state={"optimizer": self.optimizer.state_dict(), "rng": rng}, shared=shared,
+            files={"tokenizer.json": self.data.tokenizer_path}, rank=self.rt.rank,
+            world_size=self.rt.world_size, barrier=self.rt.barrier)
+        if self.rt.is_main:
+            prune_checkpoints(self.ckpt_root, self.cfg.keep_last, self.cfg.keep_every)
+        self.rt.barrier()
+        return path
+
+    # ------------------------------------------------------------------ one step
+    def _forward(self, ids: torch.Tensor, labels: torch.Tensor):
+        with torch.autocast(self.rt.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+            return self.model(ids.to(self.rt.device), labels=labels.to(self.rt.device))
+
+    def train_step(self, detailed: bool = True) -> dict:
+        """One optimizer step; returns its metrics (per-kind RMS and load statistics when `detailed`)."""
+        cfg, rt = self.cfg, self.rt
+        micro = [self.loader.next_batch() for _ in range(cfg.grad_accum)]
+        n_global = max(sum(_n_targets(lab) for _, lab in micro), 1)
+        rows_global = cfg.batch_size * cfg.grad_accum
+        loss_sum = torch.zeros((), dtype=torch.float64, device=rt.device)
+        for ids, labels in micro:
+            ids, labels = shard_rows(ids, rt.rank, rt.world_size), shard_rows(labels, rt.rank, rt.world_size)
+            n_local = _n_targets(labels)
+            out = self._forward(ids, labels)
+            if n_local == 0:  # keep every rank's gradient list the same
+                loss = out.logits.sum() * 0.0
+            else:
+                loss = out.lm_loss * (n_local / n_global)
+                loss_sum += out.lm_loss.detach().double() * n_local
+            if out.aux_loss is not None:
+                loss = loss + out.aux_loss * (ids.shape[0] / rows_global)
+            loss.backward()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        all_reduce_grads(params, rt)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        lr = cfg.lr * lr_factor(self.step, cfg.max_steps, cfg.warmup_steps, cfg.schedule, cfg.min_lr_ratio,
+                                cfg.decay_fraction)
+        set_lr(self.optimizer, lr)
+        before = self._snapshot_for_rms() if detailed else None
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loads = rt.all_reduce_sum(self.model.expert_loads(accumulated=True).to(rt.device))
+        load_stats = self.model.update_router_bias(cfg.bias_update_rate, loads.cpu())
+        self.step += 1
+        self.tokens_seen += cfg.batch_size * cfg.seq_len * cfg.grad_accum
+        rec = {"step": self.step, "loss": float(rt.all_reduce_sum(loss_sum)) / n_global, "lr": lr,
+               "grad_norm": float(grad_norm), "tokens": self.tokens_seen}
+        if detailed:
+            rec.update(self._update_rms(before, lr))
+            rec.update(weight_rms_by_kind(self.model))
+        layer_max = [v for k, v in load_stats.items() if k.endswith("/max_over_mean")]
+        if layer_max:
+            rec["expert_load/max_over_mean"] = max(layer_max)
+            rec["expert_load/maxvio"] = load_stats["moe/maxvio"]
+        return rec
+
+    def _snapshot_for_rms(self):
+        """AdamW has no `update_rms`: keep the weights to recover its lr-free update from the change."""
+        if isinstance(self.optimizer, Muon):
+            return None
+        return {n: p.detach().clone() for n, p in self.model.named_parameters()}
+
+    @torch.no_grad()
+    def _update_rms(self, before, lr: float) -> dict[str, float]:
+        if isinstance(self.optimizer, Muon):
+            return update_rms_by_kind(self.optimizer.update_rms, self.numels)
+        if before is None:
+            return {}
+        wd = self.cfg.weight_decay
+        rms = {}
+        for n, p in self.model.named_parameters():  # p = p0·(1 − lr·wd) − lr·u
+            u = (before[n] * (1 - lr * wd) - p) / lr
+            rms[n] = float(u.float().pow(2).mean().sqrt())
+        return update_rms_by_kind(rms, self.numels)
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        was = self.model.training
+        self.model.eval()
+        total = torch.zeros(2, dtype=torch.float64, device=self.rt.device)
+        for ids, labels in self.val_batches:
+            ids, labels = shard_rows(ids, self.rt.rank, self.rt.world_size), \
+                shard_rows(labels, self.rt.rank, self.rt.world_size)
+            n = _n_targets(labels)
+            if n == 0:
+                continue
+            out = self._forward(ids, labels)
+            total += torch.stack([out.lm_loss.double() * n, torch.tensor(float(n), device=self.rt.device,
+                                                                          dtype=torch.float64)])
+        self.model.train(was)
+        self.rt.all_reduce_sum(total)
+        return float(total[0] / total[1].clamp_min(1))
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> TrainResult:
+        cfg, rt = self.cfg, self.rt
+        self.model.train()
+        if self.step == 0 or not (self.out / "run.json").exists():
+            self.logger.header(cfg.to_dict(), world_size=rt.world_size, device=str(rt.device),
+                               model_config=model_config_dict(self.model),
+                               parameters=self.model.num_parameters(),
+                               activated_parameters=self.model.num_activated_parameters(),
+                               tokenizer=str(self.data.tokenizer_path),
+                               train_tokens=self.data.train.num_tokens, val_tokens=self.data.val.num_tokens)
+        end = cfg.stop_at or cfg.max_steps
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (rt.is_main and cfg.progress),
+                   dynamic_ncols=True, desc="train")
+        while self.step < end:
+            step = self.step + 1
+            evaluating = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps
+            logging = step % cfg.log_every == 0 or evaluating
+            t0 = time.perf_counter()
+            rec = self.train_step(detailed=logging)
+            rec["tokens_per_s"] = cfg.tokens_per_step / (time.perf_counter() - t0)
+            if evaluating:
+                self.val_loss = self.evaluate()
+                rec["val_loss"], rec["val_ppl"] = self.val_loss, math.exp(min(self.val_loss, 50.0))
+            if logging:
+                self.logger.log(rec)
+            bar.update(1)
+            bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}",
+                            **({"val": f"{self.val_loss:.3f}"} if self.val_loss is not None else {}))
+            if cfg.save_every and self.step % cfg.save_every == 0 and self.step < end:
+                self.save()
+        bar.close()
+        ckpt = self.save()
+        sample = self.finish() if self.step == cfg.max_steps else None
+        self.logger.close()
+        return TrainResult(self.out, self.step, self.val_loss, sample, ckpt)
+
+    def finish(self) -> str | None:
+        """Rank 0: sample text, export to out/export (transformers format), plots."""
+        sample = None
+        if self.rt.is_main:
+            if self.cfg.sample_tokens:
+                sample = self.sample(self.cfg.sample_tokens)
+                (self.out / "sample.txt").write_text(sample)
+            if self.cfg.export:
+                save_pretrained(self.model, self.out / "export")
+                (self.out / "export" / "tokenizer.json").write_bytes(self.data.tokenizer_path.read_bytes())
+            if self.cfg.plots:
+                from .plots import write_plots
+                write_plots(self.out)
+        self.rt.barrier()
+        return sample
+
+    def sample(self, n_tokens: int) -> str:
+        tok = self.data.tokenizer
+        prompt = tok.encode(self.data.prompt_text, add_special_tokens=False).ids or [self.data.eos]
+        gen = torch.Generator(device=self.rt.device).manual_seed(self.cfg.seed)
+        res = generate(self.model, [prompt], max_new_tokens=n_tokens, temperature=0.8, top_k=40,
+                       stop_tokens=[self.data.eos], generator=gen)
+        return tok.decode(prompt + res.tokens[0], skip_special_tokens=False)
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Run (or resume) a training run described by `cfg`; under torchrun every rank calls this."""
+    rt = setup_runtime(cfg.device)
+    try:
+        result = Trainer(cfg, rt).run()
+    finally:
+        rt.close()
+    if rt.is_main:
+        if result.val_loss is not None:
+            print(f"final validation loss {result.val_loss:.4f} (perplexity {math.exp(min(result.val_loss, 50)):.1f})"
+                  f" after {result.step} steps")
+        if result.sample is not None:
+            print("sample:\n" + result.sample)
+        print(f"run directory: {result.out}")
+    return result

@@ -1,7 +1,12 @@
 """k1.5 RL building blocks: tasks and verifiers, code sandbox, rewards, sampling, losses, long2short,
 partial-rollout buffer and repeat detection. The RL trainer composes these; none needs the model.
+
+The model-level parts — `rollout` (partial rollouts), `RLTrainer`, the pipeline — are imported lazily
+(`from muonext.rl import RLTrainer` works; `import muonext.rl` alone does not import the model,
+optimizer or training packages).
 """
 
+from .config import PipelineConfig, RLConfig
 from .dpo import build_dpo_pairs, dpo_loss
 from .length import LengthPenalty, length_reward
 from .long2short import merge_state_dicts, shortest_correct_index, shortest_rejection_sampling
@@ -10,6 +15,7 @@ from .repeat import RepeatDetector, Repetition, ends_in_repetition
 from .replay import PartialRollout, ReplayBuffer
 from .sampling import CurriculumSchedule, ProblemSampler
 from .sandbox import CodeResult, SandboxLimits, run_code_tests
+from .task_adapter import CodeTask, MathTask, RewardResult
 from .tasks import (
     LEVELS,
     MAX_DIFFICULTY,
@@ -19,21 +25,48 @@ from .tasks import (
     load_problems,
     save_problems,
 )
+from .text_codec import CharCodec
 from .verify import answers_match, extract_answer, math_reward, parse_number, verify
+
+_LAZY = {
+    "RLTrainer": ".trainer",
+    "Trajectory": ".rollout",
+    "rollout": ".rollout",
+    "Pipeline": ".pipeline",
+    "run_pipeline": ".pipeline",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "LEVELS",
     "MAX_DIFFICULTY",
+    "CharCodec",
     "CodeResult",
+    "CodeTask",
     "CurriculumSchedule",
     "LengthPenalty",
+    "MathTask",
     "PartialRollout",
+    "Pipeline",
+    "PipelineConfig",
     "Problem",
     "ProblemSampler",
+    "RLConfig",
+    "RLTrainer",
     "RepeatDetector",
     "Repetition",
     "ReplayBuffer",
+    "RewardResult",
     "SandboxLimits",
+    "Trajectory",
     "answers_match",
     "build_dpo_pairs",
     "dpo_loss",
@@ -48,7 +81,9 @@ __all__ = [
     "merge_state_dicts",
     "parse_number",
     "pmd_loss",
+    "rollout",
     "run_code_tests",
+    "run_pipeline",
     "save_problems",
     "sequence_logprobs",
     "shortest_correct_index",

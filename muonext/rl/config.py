@@ -1,0 +1,183 @@
+"""Typed configuration of the k1.5 RL trainer (`RLConfig`) and of the CPU pipeline (`PipelineConfig`).
+
+Every field is validated in `__post_init__` with a message naming it. `PipelineConfig.preset("debug")`
+finishes end to end in about two minutes on two CPU cores; "tiny" is the benchmark-sized run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+PARTIAL_GRAD = ("all", "last_segment")
+
+
+def _positive(obj: Any, *names: str) -> None:
+    for n in names:
+        if getattr(obj, n) <= 0:
+            raise ValueError(f"{type(obj).__name__}.{n} must be > 0, got {getattr(obj, n)}")
+
+
+def _non_negative(obj: Any, *names: str) -> None:
+    for n in names:
+        if getattr(obj, n) < 0:
+            raise ValueError(f"{type(obj).__name__}.{n} must be >= 0, got {getattr(obj, n)}")
+
+
+@dataclass
+class RLConfig:
+    """One RL run (k1.5 Sec. 2.3 and 2.6.1).
+
+    Rollouts: `prompts_per_iter` new prompts × `samples_per_prompt` (k) trajectories per iteration, plus
+    up to `max_continued` trajectories from the replay buffer. Each trajectory generates at most
+    `segment_tokens` tokens per iteration (the partial-rollout budget; 0 = no partial rollouts: every
+    trajectory runs to EOS or `max_new_tokens`); a trajectory that reaches `max_new_tokens` in total
+    without EOS ends unfinished (reward `truncation_reward`).
+    """
+
+    iterations: int = 20
+    prompts_per_iter: int = 8
+    samples_per_prompt: int = 4
+    max_new_tokens: int = 96
+    segment_tokens: int = 0
+    max_continued: int = 64
+    buffer_capacity: int = 256
+    buffer_max_age: int | None = 4
+    temperature: float = 1.0
+    truncation_reward: float = 0.0
+    # repeat detection: checked every `repeat_check_every` generated tokens
+    repeat_penalty: float = -1.0
+    repeat_min_repeats: int = 4
+    repeat_min_span: int = 24
+    repeat_check_every: int = 16
+    # loss and optimisation
+    tau: float = 0.05
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    optimizer: str = "muon"  # "muon" | "adamw"
+    grad_steps: int = 2
+    minibatch: int = 32
+    reset_optimizer: bool = True
+    partial_grad: str = "all"  # see rollout.py: which tokens of a multi-iteration trajectory take gradient
+    max_grad_norm: float = 1.0
+    # length reward (weight 0 = off) after `length_warmup` iterations
+    length_weight: float = 0.0
+    length_warmup: int = 0
+    # problem sampling
+    sampling: str = "curriculum+prioritized"
+    curriculum_ramp: int = 10
+    checkpoint_every: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _positive(self, "iterations", "prompts_per_iter", "samples_per_prompt", "max_new_tokens",
+                  "buffer_capacity", "grad_steps", "minibatch", "repeat_min_repeats", "repeat_check_every",
+                  "checkpoint_every", "lr", "max_grad_norm")
+        _non_negative(self, "segment_tokens", "max_continued", "tau", "weight_decay", "length_weight",
+                      "length_warmup", "curriculum_ramp", "temperature", "repeat_min_span")
+        if self.optimizer not in ("muon", "adamw"):
+            raise ValueError(f"RLConfig.optimizer must be 'muon' or 'adamw', got {self.optimizer!r}")
+        if self.partial_grad not in PARTIAL_GRAD:
+            raise ValueError(f"RLConfig.partial_grad must be one of {PARTIAL_GRAD}, got {self.partial_grad!r}")
+        if self.buffer_max_age is not None and self.buffer_max_age < 0:
+            raise ValueError(f"RLConfig.buffer_max_age must be >= 0 or None, got {self.buffer_max_age}")
+
+    def replace(self, **changes: Any) -> RLConfig:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class PipelineConfig:
+    """SFT warm start → RL → evaluation → long2short (merge, shortest rejection sampling + DPO,
+    long2short RL). Model sizes: `model_preset` of MoonlightConfig with `model_overrides` on top."""
+
+    model_preset: str = "debug"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    difficulties: tuple[int, ...] = (1, 2)
+    n_train: int = 512
+    n_eval_per_difficulty: int = 32
+    # SFT warm start on long-form solutions, and the short-CoT SFT model for merging
+    sft_steps: int = 300
+    sft_batch: int = 32
+    sft_lr: float = 3e-3
+    short_sft_steps: int = 60
+    # RL
+    rl: RLConfig = field(default_factory=RLConfig)
+    # long2short
+    merge_ratio: float = 0.5
+    dpo_samples: int = 4
+    dpo_prompts: int = 64
+    dpo_steps: int = 20
+    dpo_beta: float = 0.1
+    dpo_lr: float = 1e-3
+    l2s_iterations: int = 4
+    l2s_length_weight: float = 0.5
+    l2s_max_new_tokens: int = 0  # 0: 3/4 of rl.max_new_tokens
+    eval_max_new_tokens: int = 0  # 0: rl.max_new_tokens
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rl, dict):
+            self.rl = RLConfig(**self.rl)
+        self.difficulties = tuple(int(d) for d in self.difficulties)
+        if not self.difficulties or min(self.difficulties) < 1:
+            raise ValueError(f"PipelineConfig.difficulties must be levels >= 1, got {self.difficulties}")
+        _positive(self, "n_train", "n_eval_per_difficulty", "sft_batch", "sft_lr", "dpo_samples",
+                  "dpo_prompts", "dpo_beta", "dpo_lr")
+        _non_negative(self, "sft_steps", "short_sft_steps", "dpo_steps", "l2s_iterations", "l2s_length_weight",
+                      "l2s_max_new_tokens", "eval_max_new_tokens")
+        if not 0.0 <= self.merge_ratio <= 1.0:
+            raise ValueError(f"PipelineConfig.merge_ratio must be in [0, 1], got {self.merge_ratio}")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> PipelineConfig:
+        if name not in PIPELINE_PRESETS:
+            raise ValueError(f"unknown pipeline preset {name!r}; choose one of {sorted(PIPELINE_PRESETS)}")
+        base = PIPELINE_PRESETS[name]()
+        rl = overrides.pop("rl", {})
+        out = dataclasses.replace(base, **overrides)
+        out.rl = base.rl.replace(**rl) if isinstance(rl, dict) else rl
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _debug() -> PipelineConfig:
+    return PipelineConfig(
+        model_preset="debug",
+        difficulties=(1, 2),
+        n_train=1024,
+        n_eval_per_difficulty=32,
+        sft_steps=400,
+        sft_batch=32,
+        short_sft_steps=40,
+        rl=RLConfig(iterations=6, prompts_per_iter=8, samples_per_prompt=4, max_new_tokens=96,
+                    segment_tokens=48, grad_steps=2, minibatch=32, lr=1e-4, tau=0.1, curriculum_ramp=3),
+        dpo_prompts=32,
+        dpo_steps=8,
+        l2s_iterations=2,
+    )
+
+
+def _tiny() -> PipelineConfig:
+    return PipelineConfig(
+        model_preset="debug",
+        model_overrides={"hidden_size": 128, "intermediate_size": 256, "moe_intermediate_size": 64,
+                         "num_hidden_layers": 3, "kv_lora_rank": 32, "q_lora_rank": None},
+        difficulties=(1, 2, 3),
+        n_train=2048,
+        n_eval_per_difficulty=64,
+        sft_steps=800,
+        sft_batch=32,
+        short_sft_steps=120,
+        rl=RLConfig(iterations=40, prompts_per_iter=16, samples_per_prompt=4, max_new_tokens=160,
+                    segment_tokens=64, grad_steps=2, minibatch=32, lr=1e-4, tau=0.1, curriculum_ramp=10),
+        dpo_prompts=128,
+        dpo_steps=30,
+        l2s_iterations=8,
+    )
+
+
+PIPELINE_PRESETS = {"debug": _debug, "tiny": _tiny}

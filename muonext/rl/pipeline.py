@@ -1,0 +1,255 @@
+"""The k1.5 pipeline on CPU: SFT warm start → RL → evaluation → long2short (DESIGN.md §7).
+
+Stages, each writing DIR/<stage>/ and a `done.json` when complete (a finished stage is skipped on rerun):
+
+* ``sft``        the model learns the long-form solutions (so RL starts from a non-zero pass rate);
+* ``rl``         `RLTrainer` from the SFT model; a checkpoint per iteration (model, optimizer, sampler,
+                 replay buffer, RNGs): an interrupted run resumes from the last one;
+* ``short_sft``  the RL (long-CoT) model fine-tuned on the short solutions (the "short model");
+* ``merge``      long2short by weight merging: ratio·θ_long + (1 − ratio)·θ_short;
+* ``dpo``        long2short by shortest rejection sampling + DPO: k samples per prompt from the long
+                 model, chosen = shortest correct, rejected = wrong or ≥1.5× longer;
+* ``l2s_rl``     long2short RL: RL from the long model with the length reward from iteration 0 and a
+                 shorter max length;
+* ``eval``       greedy held-out accuracy and response length per difficulty of every model.
+
+DIR/metrics.jsonl has one object per logged point with `stage`, `iteration`, `reward`, `accuracy`,
+`mean_length` (+ stage-specific fields); DIR/plots/*.png are drawn from it; DIR/summary.json holds the
+evaluation table. Threads: one by default — on a small shared CPU, one intra-op thread is several
+times faster than two (the second spins while the core is busy elsewhere).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from muonext.models import MoonlightConfig, MoonlightForCausalLM
+from muonext.train.checkpoint import load_checkpoint, save_checkpoint
+from muonext.train.metrics import git_revision, library_versions
+
+from .config import PipelineConfig
+from .long2short import merge_state_dicts
+from .stages import dpo_pairs_from_samples, dpo_train, evaluate, sample_responses, sft_train
+from .task_adapter import MathTask
+from .tasks import Problem, generate_problems
+from .text_codec import CharCodec
+from .trainer import RLTrainer
+
+STAGES = ("sft", "rl", "short_sft", "merge", "dpo", "l2s_rl", "eval")
+REQUIRED = ("stage", "iteration", "reward", "accuracy", "mean_length")
+
+
+# ------------------------------------------------------------------------------------------ metrics
+class MetricsFile:
+    """Append-only JSONL; `drop(stage, from_iteration)` removes records a resumed stage will rewrite."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def log(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(x) for x in self.path.read_text().splitlines() if x.strip()]
+
+    def drop(self, stage: str, from_iteration: int = 0) -> None:
+        keep = [r for r in self.read() if not (r["stage"] == stage and r["iteration"] >= from_iteration)]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+
+
+# ------------------------------------------------------------------------------------------ data
+def build_data(cfg: PipelineConfig) -> tuple[list[Problem], list[Problem]]:
+    """Training problems and a held-out set (no prompt in common), both fixed by `cfg.seed`."""
+    train = generate_problems(cfg.n_train, cfg.difficulties, cfg.seed)
+    seen = {p.prompt for p in train}
+    held: list[Problem] = []
+    for d in cfg.difficulties:
+        cand = generate_problems(cfg.n_eval_per_difficulty * 4, d, cfg.seed + 7919 * d)
+        held += [p for p in cand if p.prompt not in seen][: cfg.n_eval_per_difficulty]
+    return train, held
+
+
+def build_model(cfg: PipelineConfig, codec: CharCodec) -> MoonlightForCausalLM:
+    torch.manual_seed(cfg.seed)
+    mc = MoonlightConfig.preset(cfg.model_preset, **{"vocab_size": codec.vocab_size, **cfg.model_overrides})
+    return MoonlightForCausalLM(mc)
+
+
+# ------------------------------------------------------------------------------------------ pipeline
+class Pipeline:
+    def __init__(self, cfg: PipelineConfig, out: str | os.PathLike, progress: bool = True,
+                 stop_after_rl_iteration: int | None = None) -> None:
+        self.cfg, self.out, self.progress = cfg, Path(out), progress
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.codec = CharCodec()
+        self.metrics = MetricsFile(self.out / "metrics.jsonl")
+        self.train_set, self.held_out = build_data(cfg)
+        self.stop_after = stop_after_rl_iteration  # tests: simulate an interruption of the RL stage
+        self.rl_max_new = cfg.rl.max_new_tokens
+        self.eval_max_new = cfg.eval_max_new_tokens or self.rl_max_new
+
+    # ---------------------------------------------------------------- stage bookkeeping
+    def _done(self, stage: str) -> dict | None:
+        p = self.out / stage / "done.json"
+        return json.loads(p.read_text()) if p.exists() else None
+
+    def _finish(self, stage: str, model: torch.nn.Module, step: int, **info: Any) -> None:
+        path = save_checkpoint(self.out / stage, step, model_state=model.state_dict(), rank_state={},
+                               shared={"stage": stage})
+        (self.out / stage / "done.json").write_text(json.dumps({"checkpoint": path.name, **info}, indent=1))
+
+    def load(self, stage: str) -> MoonlightForCausalLM:
+        done = self._done(stage)
+        if done is None:
+            raise FileNotFoundError(f"{self.out / stage}: stage {stage!r} has not finished")
+        model = build_model(self.cfg, self.codec)
+        model.load_state_dict(load_checkpoint(self.out / stage / done["checkpoint"]).model_state())
+        return model
+
+    def _log(self, stage: str) -> Callable[[dict], None]:
+        def log(record: dict) -> None:
+            self.metrics.log({"stage": stage, **record})
+
+        return log
+
+    # ---------------------------------------------------------------- stages
+    def run(self, stages: tuple[str, ...] = STAGES) -> dict[str, Any]:
+        self._header()
+        for stage in stages:
+            if self._done(stage) is not None:
+                continue
+            t0 = time.perf_counter()
+            getattr(self, f"stage_{stage}")()
+            if stage == "rl" and self._done("rl") is None:
+                return {"interrupted": "rl"}
+            info = self._done(stage) or {}
+            info["seconds"] = time.perf_counter() - t0
+            (self.out / stage / "done.json").write_text(json.dumps(info, indent=1))
+        summary = self.summary()
+        self.plots()
+        return summary
+
+    def _header(self) -> None:
+        (self.out / "run.json").write_text(json.dumps({
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_revision": git_revision(),
+            "versions": library_versions(), "machine": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(), "config": dataclasses.asdict(self.cfg)}, indent=1, default=str))
+
+    def _sft(self, stage: str, model, responses: list[tuple[list[int], list[int]]], steps: int) -> None:
+        self.metrics.drop(stage)
+        log = self._log(stage)
+        sft_train(model, responses, steps, self.cfg.sft_batch, self.cfg.sft_lr, self.cfg.seed, self.codec.pad_id,
+                  log=lambda s, loss: log({"iteration": s, "loss": loss, "reward": None, "accuracy": None,
+                                           "mean_length": None}),
+                  progress=stage if self.progress else None)
+        self._finish(stage, model, steps)
+
+    def stage_sft(self) -> None:
+        model = build_model(self.cfg, self.codec)
+        data = [(self.codec.prompt_ids(p.prompt), self.codec.response_ids(p.long_solution)) for p in self.train_set]
+        self._sft("sft", model, data, self.cfg.sft_steps)
+
+    def _rl(self, stage: str, start: str, rl_cfg) -> None:
+        model = self.load(start)
+        tasks = [MathTask(p) for p in self.train_set]
+        trainer = RLTrainer(model, tasks, rl_cfg, self.codec, ckpt_dir=self.out / stage, log=self._log(stage))
+        resumed = trainer.resume()
+        self.metrics.drop(stage, trainer.iteration if resumed else 0)
+        limit = rl_cfg.iterations
+        if stage == "rl" and self.stop_after is not None:
+            limit = min(limit, self.stop_after)
+        trainer.train(limit, progress=self.progress)
+        if trainer.iteration >= rl_cfg.iterations:
+            self._finish(stage, model, trainer.iteration, iterations=trainer.iteration)
+
+    def stage_rl(self) -> None:
+        self._rl("rl", "sft", self.cfg.rl)
+
+    def stage_short_sft(self) -> None:
+        model = self.load("rl")
+        data = [(self.codec.prompt_ids(p.prompt), self.codec.response_ids(p.short_solution)) for p in self.train_set]
+        self._sft("short_sft", model, data, self.cfg.short_sft_steps)
+
+    def stage_merge(self) -> None:
+        long_m, short_m = self.load("rl"), self.load("short_sft")
+        long_m.load_state_dict(merge_state_dicts(long_m.state_dict(), short_m.state_dict(), self.cfg.merge_ratio))
+        self._finish("merge", long_m, 0, ratio=self.cfg.merge_ratio)
+
+    def stage_dpo(self) -> None:
+        cfg = self.cfg
+        self.metrics.drop("dpo")
+        model, ref = self.load("rl"), self.load("rl")
+        ref.eval()
+        problems = self.train_set[: cfg.dpo_prompts]
+        gen = torch.Generator().manual_seed(cfg.seed + 3)
+        samples = sample_responses(model, problems, self.codec, cfg.dpo_samples, self.rl_max_new, 1.0, gen)
+        pairs, shortest = dpo_pairs_from_samples(problems, samples, self.codec)
+        log = self._log("dpo")
+        log({"iteration": 0, "pairs": len(pairs), "shortest_rejection_kept": len(shortest),
+             "reward": None, "accuracy": None,
+             "mean_length": sum(len(r) for s in samples for r in s) / max(1, sum(len(s) for s in samples))})
+        dpo_train(model, ref, pairs, cfg.dpo_steps, 16, cfg.dpo_lr, cfg.dpo_beta, cfg.seed, self.codec.pad_id,
+                  log=lambda s, st: log({"iteration": s + 1, "reward": None, "accuracy": None,
+                                         "mean_length": None, **st}))
+        self._finish("dpo", model, cfg.dpo_steps, pairs=len(pairs), shortest_rejection_kept=len(shortest))
+
+    def stage_l2s_rl(self) -> None:
+        c = self.cfg
+        max_new = c.l2s_max_new_tokens or max(8, 3 * c.rl.max_new_tokens // 4)
+        rl_cfg = c.rl.replace(iterations=c.l2s_iterations, length_weight=c.l2s_length_weight, length_warmup=0,
+                              max_new_tokens=max_new, segment_tokens=min(c.rl.segment_tokens, max_new),
+                              seed=c.rl.seed + 1)
+        if c.l2s_iterations == 0:
+            self._finish("l2s_rl", self.load("rl"), 0)
+            return
+        self._rl("l2s_rl", "rl", rl_cfg)
+
+    def stage_eval(self) -> None:
+        self.metrics.drop("eval")
+        results = {}
+        for name in ("sft", "rl", "merge", "dpo", "l2s_rl", "short_sft"):
+            if self._done(name) is None:
+                continue
+            res = evaluate(self.load(name), self.held_out, self.codec, self.eval_max_new)
+            results[name] = res
+            flat = {f"accuracy_d{k}": v["accuracy"] for k, v in res.items() if k != "all"}
+            flat.update({f"mean_length_d{k}": v["mean_length"] for k, v in res.items() if k != "all"})
+            self.metrics.log({"stage": "eval", "model": name, "iteration": 0, "reward": res["all"]["accuracy"],
+                              "accuracy": res["all"]["accuracy"], "mean_length": res["all"]["mean_length"], **flat})
+        (self.out / "eval").mkdir(exist_ok=True)
+        (self.out / "eval" / "results.json").write_text(json.dumps(results, indent=1))
+        (self.out / "eval" / "done.json").write_text(json.dumps({"models": list(results)}))
+
+    # ---------------------------------------------------------------- outputs
+    def summary(self) -> dict[str, Any]:
+        res_path = self.out / "eval" / "results.json"
+        results = json.loads(res_path.read_text()) if res_path.exists() else {}
+        rl = [r for r in self.metrics.read() if r["stage"] == "rl"]
+        summary = {"eval": results, "rl_last": rl[-1] if rl else None,
+                   "stage_seconds": {s: (self._done(s) or {}).get("seconds") for s in STAGES}}
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
+        return summary
+
+    def plots(self) -> list[Path]:
+        from .plots import write_plots
+
+        return write_plots(self.out)
+
+
+def run_pipeline(cfg: PipelineConfig, out: str | os.PathLike, progress: bool = True, threads: int | None = 1,
+                 **kwargs: Any) -> dict[str, Any]:
+    if threads:
+        torch.set_num_threads(threads)
+    return Pipeline(cfg, out, progress, **kwargs).run()

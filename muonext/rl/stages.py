@@ -1,0 +1,190 @@
+"""Model-level steps of the pipeline: SFT on (prompt, response) pairs, greedy evaluation per difficulty,
+sampling k responses per prompt, and DPO. Each is a plain function of a model and data."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+import torch
+
+from muonext.models.generation import generate
+from muonext.optim import Muon, muon_param_groups
+
+from .dpo import build_dpo_pairs, dpo_loss
+from .loss import sequence_logprobs
+from .tasks import Problem
+from .text_codec import CharCodec
+from .verify import verify
+
+
+def _pad(seqs: Sequence[Sequence[int]], pad_id: int):
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    attn = torch.zeros(len(seqs), T, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.as_tensor(list(s))
+        attn[i, : len(s)] = 1
+    return ids, attn
+
+
+def sft_train(
+    model: torch.nn.Module,
+    examples: Sequence[tuple[list[int], list[int]]],
+    steps: int,
+    batch: int,
+    lr: float,
+    seed: int,
+    pad_id: int,
+    log: Callable[[int, float], None] | None = None,
+    progress: str | None = None,
+) -> float:
+    """`steps` Muon steps of cross-entropy on the responses only (prompt tokens are not scored), with
+    a 10% linear warm-up and linear decay. Returns the last loss."""
+    if steps == 0:
+        return float("nan")
+    opt = Muon(muon_param_groups(model), lr=lr, weight_decay=0.0)
+    warm = max(1, steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.05, (steps - s) / max(1, steps - warm)))
+    )
+    rng = random.Random(seed)
+    order: list[int] = []
+    model.train()
+    loss_value = float("nan")
+    bar = _bar(steps, progress)
+    for step in range(steps):
+        if len(order) < batch:
+            fresh = list(range(len(examples)))
+            rng.shuffle(fresh)
+            order += fresh
+        idx, order = order[:batch], order[batch:]
+        seqs = [examples[i][0] + examples[i][1] for i in idx]
+        ids, attn = _pad(seqs, pad_id)
+        labels = ids.masked_fill(attn == 0, -100)
+        for r, i in enumerate(idx):
+            labels[r, : len(examples[i][0])] = -100
+        loss = model(ids, attention_mask=attn, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        loss_value = loss.item()
+        if log is not None and (step % 10 == 0 or step == steps - 1):
+            log(step, loss_value)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.3f}")
+    if bar is not None:
+        bar.close()
+    return loss_value
+
+
+def _bar(total: int, desc: str | None):
+    if desc is None:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False)
+
+
+def sample_responses(
+    model: torch.nn.Module,
+    problems: Sequence[Problem],
+    codec: CharCodec,
+    n: int,
+    max_new_tokens: int,
+    temperature: float,
+    generator: torch.Generator | None = None,
+    batch: int = 64,
+) -> list[list[list[int]]]:
+    """n responses per problem (token lists, EOS included when finished), prompt-major."""
+    out: list[list[list[int]]] = []
+    flat = [codec.prompt_ids(p.prompt) for p in problems for _ in range(n)]
+    tokens: list[list[int]] = []
+    for s in range(0, len(flat), batch):
+        res = generate(model, flat[s : s + batch], max_new_tokens, temperature=temperature,
+                       stop_tokens=[codec.eos_id], generator=generator)
+        tokens += res.tokens
+    for p in range(len(problems)):
+        out.append(tokens[p * n : (p + 1) * n])
+    return out
+
+
+def evaluate(
+    model: torch.nn.Module, problems: Sequence[Problem], codec: CharCodec, max_new_tokens: int
+) -> dict[str, dict[str, float]]:
+    """Greedy accuracy and mean response length (tokens) per difficulty, and "all"."""
+    responses = sample_responses(model, problems, codec, 1, max_new_tokens, temperature=0.0)
+    acc, lens = defaultdict(list), defaultdict(list)
+    for p, (toks,) in zip(problems, responses):
+        ok = verify(codec.decode(toks), p.answer)
+        for key in (str(p.difficulty), "all"):
+            acc[key].append(ok)
+            lens[key].append(len(toks))
+    return {k: {"accuracy": sum(acc[k]) / len(acc[k]), "mean_length": sum(lens[k]) / len(lens[k]),
+                "n": len(acc[k])} for k in acc}
+
+
+def dpo_train(
+    model: torch.nn.Module,
+    ref_model: torch.nn.Module,
+    pairs: Sequence[tuple[list[int], list[int], list[int]]],
+    steps: int,
+    batch: int,
+    lr: float,
+    beta: float,
+    seed: int,
+    pad_id: int,
+    log: Callable[[int, dict], None] | None = None,
+) -> dict[str, float]:
+    """DPO on (prompt, chosen, rejected) token triples against the frozen `ref_model`."""
+    stats: dict[str, float] = {}
+    if not pairs or steps == 0:
+        return stats
+    opt = Muon(muon_param_groups(model), lr=lr, weight_decay=0.0)
+    rng = random.Random(seed)
+
+    def logp(m, prompts, responses):
+        seqs = [p + r for p, r in zip(prompts, responses)]
+        ids, attn = _pad(seqs, pad_id)
+        mask = torch.zeros_like(ids, dtype=torch.bool)
+        for i, (p, r) in enumerate(zip(prompts, responses)):
+            mask[i, len(p) : len(p) + len(r)] = True
+        return sequence_logprobs(m(ids, attention_mask=attn).logits, ids, mask)
+
+    model.train()
+    for step in range(steps):
+        chosen = [pairs[rng.randrange(len(pairs))] for _ in range(batch)]
+        prompts, good, bad = (list(x) for x in zip(*chosen))
+        with torch.no_grad():
+            ref_c, ref_r = logp(ref_model, prompts, good), logp(ref_model, prompts, bad)
+        loss, stats = dpo_loss(logp(model, prompts, good), logp(model, prompts, bad), ref_c, ref_r, beta)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if log is not None:
+            log(step, {"loss": loss.item(), **stats})
+    return stats
+
+
+def dpo_pairs_from_samples(
+    problems: Sequence[Problem], samples: Sequence[Sequence[list[int]]], codec: CharCodec, ratio: float = 1.5
+) -> tuple[list[tuple[list[int], list[int], list[int]]], list[tuple[Problem, list[int]]]]:
+    """DPO triples (k1.5: shortest correct vs wrong and much longer ones) and the shortest-rejection-
+    sampling set (problem, shortest correct response) from n samples per problem."""
+    from .long2short import shortest_rejection_sampling
+
+    pairs, lengths, correct = [], [], []
+    for p, rs in zip(problems, samples):
+        ls = [len(r) for r in rs]
+        cs = [verify(codec.decode(r), p.answer) for r in rs]
+        lengths.append(ls)
+        correct.append(cs)
+        prompt = codec.prompt_ids(p.prompt)
+        pairs += [(prompt, rs[c], rs[r]) for c, r in build_dpo_pairs(ls, cs, ratio)]
+    shortest = shortest_rejection_sampling(list(problems), [list(r) for r in samples], lengths, correct)
+    return pairs, shortest

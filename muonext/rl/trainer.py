@@ -1,0 +1,303 @@
+"""The k1.5 RL trainer: online policy mirror descent with partial rollouts (DESIGN.md §7).
+
+Per iteration i (`RLTrainer.step`):
+ 1. optionally reset the optimizer (k1.5's choice, `reset_optimizer=True`): each iteration solves a new
+    mirror-descent sub-problem around π_i, so momentum from the previous sub-problem is stale;
+ 2. continue up to `max_continued` unfinished trajectories from the replay buffer (expired ones are
+    dropped) and start `prompts_per_iter` new prompts × k samples, drawn by the `ProblemSampler`
+    (curriculum and/or prioritized);
+ 3. roll out one segment each (`rollout.py`): finished / repeat / truncated trajectories are scored,
+    partial ones go back to the buffer;
+ 4. rewards: the task's verifier (1/0), `repeat_penalty` for degenerate ones, `truncation_reward` for
+    ones that hit the length limit, plus the weighted length reward after `length_warmup`, ranked among
+    the samples of the same group (prompt × launch iteration) that finished in this iteration;
+ 5. log π_i(y|x) once, with the weights as they are now (= π_i: no gradient step of this iteration has
+    happened yet), then `grad_steps` passes of `pmd_loss` over minibatches of whole groups (r̄ is the
+    group mean, so a group is never split);
+ 6. update the sampler's success rates with the outcomes of each prompt.
+
+State (`state_dict`) is the model, the optimizer, the sampler, the replay buffer and the RNGs; with
+`save`/`resume` through `muonext.train.checkpoint` (safetensors + JSON, checksummed, no pickle), a
+resumed run continues exactly as the uninterrupted one (CPU, fp32).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from muonext.optim import Muon, muon_param_groups
+from muonext.train.checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+
+from .config import RLConfig
+from .length import LengthPenalty
+from .loss import pmd_loss, sequence_logprobs, token_entropy
+from .repeat import RepeatDetector
+from .replay import ReplayBuffer
+from .rollout import Trajectory, new_request, rollout
+from .sampling import CurriculumSchedule, ProblemSampler
+from .text_codec import CharCodec
+
+STATE_VERSION = 1
+
+
+def batch_tensors(trajs: Sequence[Trajectory], pad_id: int, last_segment: bool = False):
+    """(tokens, attention, response_mask) (N, T) of prompt + generated tokens, right-padded."""
+    seqs = [t.prompt_tokens + t.tokens for t in trajs]
+    T = max(len(s) for s in seqs)
+    tokens = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    attn = torch.zeros(len(seqs), T, dtype=torch.long)
+    mask = torch.zeros(len(seqs), T, dtype=torch.bool)
+    for i, (t, s) in enumerate(zip(trajs, seqs)):
+        tokens[i, : len(s)] = torch.as_tensor(s)
+        attn[i, : len(s)] = 1
+        start = len(t.prompt_tokens) + (t.segment_start if last_segment else 0)
+        mask[i, start : len(s)] = True
+    return tokens, attn, mask
+
+
+def make_optimizer(model: torch.nn.Module, cfg: RLConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "muon":
+        return Muon(muon_param_groups(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+
+
+class RLTrainer:
+    """`tasks[i]` has `.prompt`, `.difficulty` and `.reward(text) -> RewardResult` (see task_adapter)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tasks: Sequence[Any],
+        cfg: RLConfig,
+        codec: CharCodec | None = None,
+        ckpt_dir: str | Path | None = None,
+        log: Callable[[dict], None] | None = None,
+    ) -> None:
+        self.model, self.tasks, self.cfg = model, list(tasks), cfg
+        self.codec = codec or CharCodec()
+        self.ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else None
+        self.log = log or (lambda record: None)
+        levels = [t.difficulty for t in self.tasks]
+        self.sampler = ProblemSampler(
+            levels, strategy=cfg.sampling,
+            curriculum=CurriculumSchedule(min(levels), max(levels), ramp_iters=cfg.curriculum_ramp),
+            seed=cfg.seed,
+        )
+        self.buffer = ReplayBuffer(cfg.buffer_capacity, cfg.buffer_max_age)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.shuffle_rng = random.Random(cfg.seed + 1)
+        self.repeat = RepeatDetector(min_repeats=cfg.repeat_min_repeats, min_span=cfg.repeat_min_span,
+                                     max_ngram=32, penalty=cfg.repeat_penalty)
+        self.length = LengthPenalty(cfg.length_weight, cfg.length_warmup)
+        self.optimizer = make_optimizer(model, cfg)
+        self.iteration = 0
+        self._prompt_cache: dict[int, list[int]] = {}
+
+    # ------------------------------------------------------------------------------------- rollouts
+    def _prompt(self, idx: int) -> list[int]:
+        if idx not in self._prompt_cache:
+            self._prompt_cache[idx] = self.codec.prompt_ids(self.tasks[idx].prompt)
+        return self._prompt_cache[idx]
+
+    def _requests(self, i: int):
+        cfg = self.cfg
+        continued, expired = self.buffer.take(cfg.max_continued, i)
+        fresh = [
+            new_request(p, self._prompt(p), i, s)
+            for p in self.sampler.sample(cfg.prompts_per_iter, i)
+            for s in range(cfg.samples_per_prompt)
+        ]
+        return continued + fresh, len(continued), len(expired)
+
+    def _rewards(self, done: list[Trajectory], i: int):
+        rewards, correct, errors = [], [], 0
+        for t in done:
+            if t.status == "repeat":
+                r, ok = self.cfg.repeat_penalty, False
+            elif t.status == "truncated":
+                r, ok = self.cfg.truncation_reward, False
+            else:
+                res = self.tasks[t.prompt_id].reward(self.codec.decode(t.tokens))
+                r, ok, errors = res.reward, res.correct, errors + (res.error is not None)
+            rewards.append(float(r))
+            correct.append(bool(ok))
+        if self.length.active(i):
+            groups = defaultdict(list)
+            for j, t in enumerate(done):
+                groups[t.group].append(j)
+            for members in groups.values():
+                extra = self.length([len(done[j].tokens) for j in members], [correct[j] for j in members], i)
+                for j, x in zip(members, extra):
+                    rewards[j] += x
+        return rewards, correct, errors
+
+    # ------------------------------------------------------------------------------------- one step
+    def _forward_logp(self, trajs: Sequence[Trajectory], with_entropy: bool = False):
+        tokens, attn, mask = batch_tensors(trajs, self.codec.pad_id, self.cfg.partial_grad == "last_segment")
+        logits = self.model(tokens, attention_mask=attn).logits
+        logp = sequence_logprobs(logits, tokens, mask)
+        ent = token_entropy(logits, tokens, mask).item() if with_entropy else None
+        return logp, ent
+
+    def _minibatches(self, done: list[Trajectory]) -> list[list[int]]:
+        groups = defaultdict(list)
+        for j, t in enumerate(done):
+            groups[t.group].append(j)
+        order = list(groups.values())
+        self.shuffle_rng.shuffle(order)
+        batches, cur = [], []
+        for g in order:
+            if cur and len(cur) + len(g) > self.cfg.minibatch:
+                batches.append(cur)
+                cur = []
+            cur = cur + g
+        return batches + ([cur] if cur else [])
+
+    def step(self) -> dict[str, Any]:
+        cfg, i = self.cfg, self.iteration
+        if cfg.reset_optimizer:
+            self.optimizer = make_optimizer(self.model, cfg)
+        requests, n_continued, n_expired = self._requests(i)
+        trajs, stats = rollout(
+            self.model, requests, eos_id=self.codec.eos_id, max_new_tokens=cfg.max_new_tokens,
+            segment_tokens=cfg.segment_tokens, temperature=cfg.temperature, generator=self.generator,
+            repeat=self.repeat, check_every=cfg.repeat_check_every,
+        )
+        for t in trajs:
+            if not t.done:
+                self.buffer.add(t.to_partial())
+        done = [t for t in trajs if t.done]
+        record: dict[str, Any] = {
+            "iteration": i, "rollouts": len(trajs), "continued": n_continued, "expired": n_expired,
+            "finished": len(done), "replay_buffer": len(self.buffer),
+            "rollout_tokens": stats.new_tokens, "rollout_tokens_per_s": stats.tokens_per_s,
+            "repeat_ended": sum(t.status == "repeat" for t in done),
+            "truncated": sum(t.status == "truncated" for t in done),
+            "max_difficulty": self.sampler.curriculum.max_allowed(i),
+        }
+        if done:
+            t0 = time.perf_counter()
+            rewards, correct, errors = self._rewards(done, i)
+            record["reward_seconds"] = time.perf_counter() - t0
+            with torch.no_grad():
+                ref_parts, ent = [], []
+                for mb in self._minibatches_plain(len(done)):
+                    lp, e = self._forward_logp([done[j] for j in mb], with_entropy=True)
+                    ref_parts.append(lp)
+                    ent.append(e * len(mb))
+                logp_ref = torch.cat(ref_parts)
+            r_all = torch.tensor(rewards)
+            gid = {g: n for n, g in enumerate(dict.fromkeys(t.group for t in done))}
+            groups_all = torch.tensor([gid[t.group] for t in done])
+            self.model.train()
+            last: dict[str, float] = {}
+            for _ in range(cfg.grad_steps):
+                for mb in self._minibatches(done):
+                    idx = torch.tensor(mb)
+                    logp, _ = self._forward_logp([done[j] for j in mb])
+                    loss, last = pmd_loss(logp, logp_ref[idx], r_all[idx], cfg.tau, group_ids=groups_all[idx])
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                    self.optimizer.step()
+            by_prompt = defaultdict(list)
+            for t, ok in zip(done, correct):
+                by_prompt[t.prompt_id].append(ok)
+            for p, oks in by_prompt.items():
+                self.sampler.update(p, oks)
+            record.update(
+                reward=sum(rewards) / len(rewards), accuracy=sum(correct) / len(correct),
+                mean_length=sum(len(t.tokens) for t in done) / len(done),
+                entropy=sum(ent) / len(done), log_ratio=last.get("log_ratio_mean", 0.0),
+                log_ratio_rms=last.get("log_ratio_rms", 0.0), loss_pg=last.get("loss_pg", 0.0),
+                loss_kl=last.get("loss_kl", 0.0), reward_errors=errors,
+                segments_mean=sum(t.segments for t in done) / len(done),
+            )
+        else:
+            record.update(reward=0.0, accuracy=0.0, mean_length=0.0, entropy=0.0, log_ratio=0.0,
+                          log_ratio_rms=0.0, reward_errors=0)
+        self.iteration += 1
+        return record
+
+    def _minibatches_plain(self, n: int) -> list[list[int]]:
+        m = self.cfg.minibatch
+        return [list(range(s, min(n, s + m))) for s in range(0, n, m)]
+
+    # ------------------------------------------------------------------------------------- loop
+    def train(self, iterations: int | None = None, progress: bool = True) -> list[dict[str, Any]]:
+        """Run up to `iterations` (default cfg.iterations) in total, saving every `checkpoint_every`."""
+        total = self.cfg.iterations if iterations is None else iterations
+        records = []
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, initial=self.iteration, desc="rl", leave=False)
+        while self.iteration < total:
+            record = self.step()
+            records.append(record)
+            self.log(record)
+            if self.ckpt_dir is not None and (
+                self.iteration % self.cfg.checkpoint_every == 0 or self.iteration == total
+            ):
+                self.save()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(reward=f"{record['reward']:.2f}", acc=f"{record['accuracy']:.2f}",
+                                len=f"{record['mean_length']:.0f}", buf=record["replay_buffer"])
+        if bar is not None:
+            bar.close()
+        return records
+
+    # ------------------------------------------------------------------------------------- state
+    def save(self, keep_last: int = 2) -> Path:
+        if self.ckpt_dir is None:
+            raise ValueError("RLTrainer.save: no ckpt_dir")
+        path = save_checkpoint(
+            self.ckpt_dir, self.iteration, model_state=self.model.state_dict(),
+            rank_state={"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
+                        "torch_rng": torch.get_rng_state()},
+            shared={"version": STATE_VERSION, "iteration": self.iteration,
+                    "sampler": self.sampler.state_dict(), "buffer": self.buffer.state_dict(),
+                    "shuffle_rng": _py_rng_state(self.shuffle_rng), "config": dataclasses.asdict(self.cfg)},
+        )
+        prune_checkpoints(self.ckpt_dir, keep_last=keep_last)
+        return path
+
+    def resume(self) -> bool:
+        """Load the latest checkpoint in ckpt_dir if there is one; returns whether it did."""
+        path = latest_checkpoint(self.ckpt_dir) if self.ckpt_dir is not None else None
+        if path is None:
+            return False
+        ck = load_checkpoint(path)
+        shared, rank = ck.shared, ck.rank_state(0)
+        if shared.get("version") != STATE_VERSION:
+            raise ValueError(f"{path}: RL trainer state version {shared.get('version')!r} is not {STATE_VERSION}")
+        self.model.load_state_dict(ck.model_state())
+        self.optimizer.load_state_dict(rank["optimizer"])
+        self.generator.set_state(rank["generator"])
+        torch.set_rng_state(rank["torch_rng"])
+        self.sampler.load_state_dict(shared["sampler"])
+        self.buffer.load_state_dict(shared["buffer"])
+        _set_py_rng_state(self.shuffle_rng, shared["shuffle_rng"])
+        self.iteration = int(shared["iteration"])
+        return True
+
+
+def _py_rng_state(rng: random.Random) -> list:
+    version, internal, gauss = rng.getstate()
+    return [version, list(internal), gauss]
+
+
+def _set_py_rng_state(rng: random.Random, state: list) -> None:
+    rng.setstate((state[0], tuple(state[1]), state[2]))
+
+

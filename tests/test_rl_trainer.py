@@ -1,0 +1,78 @@
+"""The RL trainer: a code task whose program never ends (sandbox timeout in the reward path) does not
+stop training; group-whole minibatches; the optimizer reset."""
+
+import pytest
+import torch
+
+from muonext.models import MoonlightConfig, MoonlightForCausalLM
+from muonext.rl.config import RLConfig
+from muonext.rl.task_adapter import CodeTask, MathTask
+from muonext.rl.tasks import generate_problems
+from muonext.rl.text_codec import CharCodec
+from muonext.rl.trainer import RLTrainer
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _model():
+    torch.manual_seed(0)
+    return MoonlightForCausalLM(MoonlightConfig.preset("debug", vocab_size=CharCodec().vocab_size))
+
+
+def test_code_task_reward_infinite_loop_is_zero_not_an_exception():
+    task = CodeTask("Write f.", "assert f() == 1", prefix="while True:\n    pass\n", timeout_s=0.5)
+    res = task.reward("def f():\n    return 1\n")
+    assert res.reward == 0.0 and not res.correct and res.error, res
+    ok = CodeTask("Write f.", "assert f() == 1").reward("def f():\n    return 1\n")
+    assert ok.correct, ok
+
+
+def test_trainer_keeps_going_when_the_sandbox_fails():
+    tasks = [CodeTask(f"Write f{i}.", "assert f() == 1", prefix="while True:\n    pass\n", timeout_s=0.3)
+             for i in range(2)]
+    cfg = RLConfig(iterations=2, prompts_per_iter=1, samples_per_prompt=2, max_new_tokens=6,
+                   segment_tokens=0, sampling="uniform", grad_steps=1)
+    trainer = RLTrainer(_model(), tasks, cfg)
+    records = trainer.train(progress=False)
+    assert [r["iteration"] for r in records] == [0, 1]
+    finished = [r for r in records if r["finished"]]
+    assert finished, records
+    for r in finished:
+        scored = r["finished"] - r["repeat_ended"] - r["truncated"]
+        assert r["reward_errors"] == scored, r  # every sandbox run failed and was counted
+        assert r["accuracy"] == 0.0
+
+
+def test_minibatches_keep_groups_whole_and_reset_optimizer():
+    tasks = [MathTask(p) for p in generate_problems(16, [1], 0)]
+    cfg = RLConfig(iterations=1, prompts_per_iter=3, samples_per_prompt=3, max_new_tokens=8, minibatch=4)
+    trainer = RLTrainer(_model(), tasks, cfg)
+    from muonext.rl.rollout import Trajectory
+
+    done = [Trajectory(p, f"g{p}", [2], [3], 0, 0, 1, "finished") for p in range(3) for _ in range(3)]
+    batches = trainer._minibatches(done)
+    assert sorted(j for b in batches for j in b) == list(range(9))
+    for b in batches:
+        groups = {done[j].group for j in b}
+        assert all(sum(done[j].group == g for j in b) == 3 for g in groups), batches
+    first = trainer.optimizer
+    trainer.step()
+    assert trainer.optimizer is not first  # reset at the start of the iteration
+    cfg2 = cfg.replace(reset_optimizer=False)
+    t2 = RLTrainer(_model(), tasks, cfg2)
+    first = t2.optimizer
+    t2.step()
+    assert t2.optimizer is first
+
+
+def test_config_validation_names_the_field():
+    with pytest.raises(ValueError, match="partial_grad"):
+        RLConfig(partial_grad="some")
+    with pytest.raises(ValueError, match="samples_per_prompt"):
+        RLConfig(samples_per_prompt=0)

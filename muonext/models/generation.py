@@ -202,8 +202,8 @@ def _generate(
         if not bool(go.all()):
             out = (~done & (left <= 0)).nonzero().flatten()
             if out.numel():
-                parked.append(_select(st, out, st.length))
-            st = _select(st, go.nonzero().flatten(), trim=True)
+                parked.append(select_rows(st, out, st.length))
+            st = select_rows(st, go.nonzero().flatten(), trim=True)
             left = left[go]
             mask = _slot_mask(st.pad, st.cache.shape[2], dtype)
             if not st.rows:
@@ -225,7 +225,7 @@ def _generate(
     )
 
 
-def _select(
+def select_rows(
     st: GenerationState, idx: torch.Tensor, upto: int | None = None, trim: bool = False
 ) -> GenerationState:
     """The rows `idx` of a state (sharing its token lists). `upto` copies only the filled slots;

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from muonext.models.generation import _select, generate
+from muonext.models.generation import generate, select_rows
 
 from .repeat import RepeatDetector
 from .replay import PartialRollout
@@ -134,7 +134,7 @@ def rollout(
             keep.append(j)
         if not keep:
             break
-        st = _select(st, torch.tensor(keep, dtype=torch.long))
+        st = select_rows(st, torch.tensor(keep, dtype=torch.long))
         budgets = [max(1, min(step, remaining[r] - len(result.tokens[r]))) for r in range(len(requests))]
         result = generate(model, state=st, max_new_tokens=budgets, temperature=temperature,
                           stop_tokens=[eos_id], generator=generator)

@@ -60,9 +60,13 @@ def nothing_left_behind(monkeypatch):
     os.chmod(root, 0o711)
     monkeypatch.setattr(tempfile, "tempdir", root)
     before = _uid_processes(sandbox.NOBODY) if ROOT else set()
+    # Children that existed before the test (e.g. multiprocessing's resource tracker, started by an
+    # earlier test in the same pytest process) are not the sandbox's.
+    children_before = {c.split()[1] for c in _children(os.getpid())}
     try:
         yield
-        assert _children(os.getpid()) == [], "the sandbox left child processes (or zombies)"
+        new_children = [c for c in _children(os.getpid()) if c.split()[1] not in children_before]
+        assert new_children == [], "the sandbox left child processes (or zombies)"
         assert os.listdir(root) == [], "the sandbox left its temporary directory"
         if ROOT:
             deadline = time.monotonic() + 8.0

@@ -11,12 +11,7 @@ from muonext.rl.pipeline import REQUIRED, STAGES, Pipeline
 TIMING = {"rollout_tokens_per_s", "reward_seconds"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(**rl):

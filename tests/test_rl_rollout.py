@@ -11,12 +11,7 @@ from muonext.rl.rollout import new_request, rollout
 from muonext.rl.text_codec import EOS, CharCodec
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(seed=0, init=0.3):

@@ -12,12 +12,7 @@ from muonext.rl.text_codec import CharCodec
 from muonext.rl.trainer import RLTrainer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model():

@@ -11,13 +11,7 @@ from muonext.train import TrainConfig, Trainer, load_checkpoint, train
 from muonext.train.runtime import setup_runtime
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: one thread avoids OpenMP spin-waits on a busy machine (and keeps timing stable)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

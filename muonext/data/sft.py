@@ -11,12 +11,11 @@ to each other. Examples whose prompt fills the whole row are dropped (counted in
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from .sources import CorpusError
+from .sources import CorpusError, read_jsonl_objects
 
 IGNORE = -100
 ROLES = ("system", "user", "assistant")
@@ -40,18 +39,7 @@ def render(example: dict, where: str = "example") -> tuple[str, str]:
 
 
 def read_sft_jsonl(path: str | Path) -> list[tuple[str, str]]:
-    examples = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as e:
-                raise CorpusError(f"{path}:{lineno}: not valid JSON ({e})") from e
-            if not isinstance(row, dict):
-                raise CorpusError(f"{path}:{lineno}: each line must be a JSON object")
-            examples.append(render(row, f"{path}:{lineno}"))
+    examples = [render(row, f"{path}:{lineno}") for lineno, row in read_jsonl_objects(path)]
     if not examples:
         raise CorpusError(f"{path}: no SFT examples found")
     return examples

@@ -56,7 +56,8 @@ def iter_documents(data: str | None) -> Iterator[str]:
         yield text
 
 
-def _jsonl_texts(path: Path) -> Iterator[str]:
+def read_jsonl_objects(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for every non-blank line; a line that is not a JSON object fails naming it."""
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -65,10 +66,17 @@ def _jsonl_texts(path: Path) -> Iterator[str]:
                 row = json.loads(line)
             except ValueError as e:
                 raise CorpusError(f"{path}:{lineno}: not valid JSON ({e})") from e
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                raise CorpusError(f"{path}:{lineno}: each line must be an object with a string 'text' field")
-            if row["text"]:
-                yield row["text"]
+            if not isinstance(row, dict):
+                raise CorpusError(f"{path}:{lineno}: each line must be a JSON object")
+            yield lineno, row
+
+
+def _jsonl_texts(path: Path) -> Iterator[str]:
+    for lineno, row in read_jsonl_objects(path):
+        if not isinstance(row.get("text"), str):
+            raise CorpusError(f"{path}:{lineno}: each line must be an object with a string 'text' field")
+        if row["text"]:
+            yield row["text"]
 
 
 def load_split(data: str | None, max_bytes: int | None, val_fraction: float) -> tuple[list[str], list[str]]:

@@ -79,7 +79,10 @@ def extension():
         )
     archs, gencode = cuda_arch_flags()
     cuda_defines = ["-DMUONEXT_WITH_CUDA", f'-DMUONEXT_CUDA_ARCHS="{archs}"']
-    nvcc = opt + defines + cuda_defines + gencode + [
+    if "90a" in archs.split(";"):  # the CUTLASS wgmma/TMA Newton–Schulz kernels (csrc/newton_schulz/ns_sm90_*)
+        cuda_defines.append("-DMUONEXT_WITH_SM90A")
+    # NDEBUG: no device assert() in CUTLASS kernels, whose calls serialise the wgmma pipeline (ptxas C7510)
+    nvcc = opt + defines + ([] if debug else ["-DNDEBUG"]) + cuda_defines + gencode + [
         "--expt-relaxed-constexpr", "--expt-extended-lambda", "-lineinfo",
         "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
         "-U__CUDA_NO_BFLOAT16_OPERATORS__", "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # GPU check of the CUDA kernels on a machine with nothing installed but torch, nvcc and the wheels
-# carried in .whl/ (pytest, iniconfig, pluggy, packaging, ninja, numpy, expecttest; nvidia-cutlass is not
-# needed by the kernels). Builds for sm_90a only (H100/H200), runs the CUDA tests, compute-sanitizer on
-# a small case and the kernel benchmark, within 8 minutes; prints a table, logs go to $OUT (if set).
+# carried in .whl/ (pytest, iniconfig, pluggy, packaging, ninja, numpy, expecttest, and nvidia-cutlass:
+# the sm_90a Newton–Schulz kernels are CUTLASS; or set CUTLASS_HOME to a checkout). Builds for sm_90a only
+# (H100/H200), runs the CUDA tests (both bf16 NS backends, sm80 and sm90), compute-sanitizer on small
+# cases of each backend and the kernel benchmark, within 8 minutes; prints a table, logs go to $OUT.
 #   bash bench/device_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -48,9 +49,13 @@ if step "build (sm_90a)" 300 build.log "$PY" setup.py build_ext --inplace; then
 import torch, muonext.ops as ops
 from muonext.optim.coefficients import ns_schedule
 c = ops.flatten_coefficients(ns_schedule('keller', 2))
-for shape in [(2, 97, 131), (131, 97), (1, 40), (3, 130, 130)]:
-    for dt in (torch.bfloat16, torch.float32):
-        ops.newton_schulz(torch.randn(shape, device='cuda').to(dt), c)
+backends = ['sm80', 'sm90'] if torch.cuda.get_device_capability() == (9, 0) else ['sm80']
+for backend in backends:
+    with ops.ns_backend(backend):
+        for shape in [(2, 97, 131), (131, 97), (1, 40), (3, 130, 130), (2, 264, 136)]:
+            for dt in (torch.bfloat16, torch.float32):
+                ops.newton_schulz(torch.randn(shape, device='cuda').to(dt), c)
+        ops.newton_schulz_grouped([torch.randn(s, device='cuda').bfloat16() for s in [(3, 40, 64), (200, 136)]], c)
 x = [torch.randn(1001, device='cuda')[1:], torch.randn(37, device='cuda').bfloat16()]
 flat = ops.pack(x, torch.bfloat16); ops.unpack_(flat, x)
 ops.muon_momentum_(x, x, [t.clone() for t in x], 0.9, True); ops.muon_apply_(x, x, [0.1] * 2, [0.1] * 2, [1.0] * 2)

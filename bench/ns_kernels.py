@@ -7,7 +7,10 @@ algorithm, 5 · (4·m²·n + 2·m³) per matrix, m ≤ n — the symmetric kerne
 against (a) the same algorithm on torch bf16 bmm/baddbmm (cuBLAS, `reference.newton_schulz_ref`) and
 (b) `torch.optim._muon._zeropower_via_newtonschulz` (2-D inputs only). The fused update and pack ops:
 GB/s of the bytes they must move and the fraction of a device-to-device copy's GB/s.
-Without a GPU it says so and exits 0 (nothing to measure).
+muonext is timed on each bf16 backend the GPU supports (sm80: mma.sync kernels; sm90: CUTLASS
+wgmma/TMA grouped GEMMs, compute capability 9.0 only). A last table times a whole Moonlight layer's
+Muon matrices (experts, attention, shared expert) as one `newton_schulz_grouped` call against one
+cuBLAS NS call per shape. Without a GPU it says so and exits 0 (nothing to measure).
 """
 
 from __future__ import annotations
@@ -40,6 +43,19 @@ def cuda_time_ms(fn, warmup: int, repeats: int) -> float:
     return statistics.median(times)
 
 
+def backends() -> list[str]:
+    """The bf16 NS backends this GPU and build can run."""
+    import muonext
+
+    ok = torch.cuda.get_device_capability() == (9, 0) and muonext.BUILD_INFO.get("sm90_kernels")
+    return ["sm80", "sm90"] if ok else ["sm80"]
+
+
+def _with_backend(name: str, fn):
+    with ops.ns_backend(name):
+        return fn()
+
+
 def ns_flops(shape) -> float:
     batch = shape[0] if len(shape) == 3 else 1
     m, n = sorted(shape[-2:])
@@ -54,8 +70,9 @@ def bench_ns(args) -> None:
         torch_ns = None
     for name, shape in NS_SHAPES[1:2] if args.quick else NS_SHAPES:
         x = torch.randn(shape, device="cuda", dtype=torch.bfloat16)
-        impls = {"muonext": lambda: ops.newton_schulz(x, KELLER5, 1e-7),
-                 "cuBLAS NS": lambda: reference.newton_schulz_ref(x, KELLER5, 1e-7)}
+        impls = {f"muonext {b}": (lambda b=b: _with_backend(b, lambda: ops.newton_schulz(x, KELLER5, 1e-7)))
+                 for b in backends()}
+        impls["cuBLAS NS"] = lambda: reference.newton_schulz_ref(x, KELLER5, 1e-7)
         if torch_ns is not None and x.dim() == 2:
             impls["torch.optim"] = lambda: torch_ns(x, (3.4445, -4.7750, 2.0315), 5, 1e-7)
         times = {k: cuda_time_ms(f, args.warmup, args.repeats) for k, f in impls.items()}
@@ -63,6 +80,25 @@ def bench_ns(args) -> None:
             tflops = ns_flops(shape) / (ms * 1e-3) / 1e12
             print(f"{name:<22}{'×'.join(map(str, shape)):>18}{k:>14}{ms:>10.3f}{tflops:>10.1f}"
                   f"{times['cuBLAS NS'] / ms:>12.2f}×")
+
+
+# One Moonlight-16B-A3B MoE layer's Muon matrices (hidden 2048, 64 experts of 1408, MLA with
+# kv_lora_rank 512, q without LoRA): a grouped call against one cuBLAS NS per shape.
+LAYER_SHAPES = [(128, 1408, 2048), (64, 2048, 1408), (2048, 3072), (576, 2048), (4096, 512), (2048, 2048),
+                (2, 1408, 2048), (2048, 1408)]
+
+
+def bench_grouped(args) -> None:
+    xs = [torch.randn(s, device="cuda", dtype=torch.bfloat16) for s in LAYER_SHAPES]
+    impls = {f"muonext {b} grouped": (lambda b=b: _with_backend(b, lambda: ops.newton_schulz_grouped(xs, KELLER5)))
+             for b in backends()}
+    impls["cuBLAS NS per shape"] = lambda: [reference.newton_schulz_ref(x, KELLER5, 1e-7) for x in xs]
+    times = {k: cuda_time_ms(f, args.warmup, args.repeats) for k, f in impls.items()}
+    flops = sum(ns_flops(s) for s in LAYER_SHAPES)
+    print(f"\n{'one Moonlight MoE layer':<30}{'shapes':>8}{'ms':>10}{'TFLOP/s':>10}{'× cuBLAS NS':>13}")
+    for k, ms in times.items():
+        print(f"{k:<30}{len(xs):>8}{ms:>10.3f}{flops / (ms * 1e-3) / 1e12:>10.1f}"
+              f"{times['cuBLAS NS per shape'] / ms:>12.2f}×")
 
 
 def bench_bandwidth(args) -> None:
@@ -108,6 +144,8 @@ def main() -> int:
     if not ops.has_kernel("newton_schulz", "cuda"):
         print("warning: the extension has no CUDA kernels; 'muonext' rows time the PyTorch fallback")
     bench_ns(args)
+    if not args.quick:
+        bench_grouped(args)
     bench_bandwidth(args)
     return 0
 

@@ -4,6 +4,8 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include "newton_schulz/ns_backend.h"
+
 #ifndef MUONEXT_CUDA_ARCHS
 #define MUONEXT_CUDA_ARCHS ""
 #endif
@@ -11,6 +13,9 @@
 TORCH_LIBRARY(muonext, m) {
   // Batched Newton–Schulz orthogonalisation; coefficients = [a0, b0, c0, a1, b1, c1, ...].
   m.def("newton_schulz(Tensor X, float[] coefficients, float eps) -> Tensor");
+  // The same on a group of matrices/batches of different shapes (one dtype, one device): on CUDA all of
+  // them share each step's GEMM launches.
+  m.def("newton_schulz_grouped(Tensor[] Xs, float[] coefficients, float eps) -> Tensor[]");
   // Sum-form momentum on many tensors: bufs ← μ·bufs + grads; outs ← grads + μ·bufs (Nesterov) or
   // bufs, cast to each out's dtype (outs may be views into one batched Newton–Schulz input).
   m.def("muon_momentum_(Tensor(a!)[] bufs, Tensor[] grads, Tensor(b!)[] outs, float momentum, "
@@ -24,6 +29,8 @@ TORCH_LIBRARY(muonext, m) {
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.def("ns_backend", &muonext::ns_backend_name, "the CUDA Newton–Schulz backend: auto, sm80 or sm90");
+  module.def("set_ns_backend", &muonext::set_ns_backend, "set the CUDA Newton–Schulz backend: auto, sm80 or sm90");
   module.def("build_info", [] {
     pybind11::dict info;
 #ifdef MUONEXT_WITH_CUDA
@@ -32,6 +39,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
     info["cuda"] = false;
 #endif
     info["cuda_archs"] = std::string(MUONEXT_CUDA_ARCHS);
+#ifdef MUONEXT_WITH_SM90A
+    info["sm90_kernels"] = true;
+#else
+    info["sm90_kernels"] = false;
+#endif
 #ifdef MUONEXT_DEBUG
     info["debug"] = true;
 #else

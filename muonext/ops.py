@@ -7,7 +7,8 @@ pure-PyTorch reference (`reference.py`) otherwise. Fake (meta) kernels are regis
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -17,6 +18,8 @@ from ._extension import HAS_EXT
 
 __all__ = [
     "newton_schulz",
+    "newton_schulz_grouped",
+    "ns_backend",
     "muon_momentum_",
     "muon_apply_",
     "pack",
@@ -34,7 +37,8 @@ def _kernel_devices(op: str) -> frozenset[str]:
 
 
 # Decided once at import, so the per-call check is a constant set lookup that torch.compile folds.
-_KERNELS = {op: _kernel_devices(op) for op in ("newton_schulz", "muon_momentum_", "muon_apply_", "pack", "unpack_")}
+_OPS = ("newton_schulz", "newton_schulz_grouped", "muon_momentum_", "muon_apply_", "pack", "unpack_")
+_KERNELS = {op: _kernel_devices(op) for op in _OPS}
 
 
 def has_kernel(op: str, device: torch.device | str) -> bool:
@@ -71,16 +75,53 @@ def newton_schulz(
     return reference.newton_schulz_ref(X, coeffs, eps)
 
 
-def _check_ns_args(X: Tensor, coeffs: list[float], eps: float) -> None:
+def newton_schulz_grouped(
+    Xs: Sequence[Tensor], coefficients: Iterable[Sequence[float]] | Sequence[float], eps: float = 1e-7
+) -> list[Tensor]:
+    """`newton_schulz` of every member of a group: matrices or batches of different shapes, one dtype and
+    one device. On CUDA the whole group shares each step's GEMM launches (a handful of launches for all
+    the Muon matrices of a model instead of a few per shape)."""
+    coeffs = flatten_coefficients(coefficients)
+    if not len(Xs):
+        return []
+    if Xs[0].device.type in _KERNELS["newton_schulz_grouped"]:
+        return list(torch.ops.muonext.newton_schulz_grouped(list(Xs), coeffs, eps))
+    for i, x in enumerate(Xs):
+        _check_ns_args(x, coeffs, eps, op="newton_schulz_grouped", name=f"Xs[{i}]")
+        if x.dtype != Xs[0].dtype:
+            raise TypeError(f"newton_schulz_grouped: Xs[{i}] has dtype {x.dtype} but Xs[0] has {Xs[0].dtype}")
+        if x.device != Xs[0].device:
+            raise ValueError(f"newton_schulz_grouped: Xs[{i}] is on {x.device} but Xs[0] is on {Xs[0].device}")
+    return reference.newton_schulz_grouped_ref(Xs, coeffs, eps)
+
+
+def _check_ns_args(X: Tensor, coeffs: list[float], eps: float, op: str = "newton_schulz", name: str = "X") -> None:
     # The reference path raises the same errors as the kernel's checks.
     if X.dim() not in (2, 3):
-        raise ValueError(f"newton_schulz: X must be 2-D (rows, cols) or 3-D (batch, rows, cols), got shape {list(X.shape)}")
+        raise ValueError(f"{op}: {name} must be 2-D (rows, cols) or 3-D (batch, rows, cols), got shape {list(X.shape)}")
     if X.dtype not in (torch.float32, torch.bfloat16, torch.float64):
-        raise TypeError(f"newton_schulz: X must be float32, bfloat16 or float64, got {X.dtype}")
+        raise TypeError(f"{op}: {name} must be float32, bfloat16 or float64, got {X.dtype}")
     if not coeffs or len(coeffs) % 3:
-        raise ValueError(f"newton_schulz: coefficients must hold (a, b, c) for each step, got {len(coeffs)} numbers")
+        raise ValueError(f"{op}: coefficients must hold (a, b, c) for each step, got {len(coeffs)} numbers")
     if not all(torch.isfinite(torch.tensor(coeffs)).tolist()) or not (eps >= 0 and eps != float("inf")):
-        raise ValueError("newton_schulz: coefficients and eps must be finite (eps >= 0)")
+        raise ValueError(f"{op}: coefficients and eps must be finite (eps >= 0)")
+
+
+@contextlib.contextmanager
+def ns_backend(name: str) -> Iterator[None]:
+    """Within the block, bf16 Newton–Schulz on CUDA runs the `name` kernels: "sm80" (mma.sync, any GPU of
+    compute capability >= 8.0), "sm90" (CUTLASS wgmma/TMA grouped GEMMs, compute capability 9.0, a build
+    with sm_90a) or "auto". The process-wide default comes from MUONEXT_NS_BACKEND (default "auto")."""
+    if not HAS_EXT:
+        raise RuntimeError("ns_backend: the compiled extension is not loaded")
+    from ._extension import _C
+
+    before = _C.ns_backend()
+    _C.set_ns_backend(name)
+    try:
+        yield
+    finally:
+        _C.set_ns_backend(before)
 
 
 def muon_momentum_(
@@ -157,6 +198,10 @@ if HAS_EXT:
     @torch.library.register_fake("muonext::newton_schulz")
     def _newton_schulz_fake(X, coefficients, eps):
         return torch.empty_like(X, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("muonext::newton_schulz_grouped")
+    def _newton_schulz_grouped_fake(Xs, coefficients, eps):
+        return [torch.empty_like(x, memory_format=torch.contiguous_format) for x in Xs]
 
     @torch.library.register_fake("muonext::muon_momentum_")
     def _muon_momentum_fake(bufs, grads, outs, momentum, nesterov):

@@ -37,6 +37,11 @@ def newton_schulz_ref(X: Tensor, coefficients: Sequence[float], eps: float) -> T
     return out.squeeze(0) if X.dim() == 2 else out
 
 
+def newton_schulz_grouped_ref(Xs: Sequence[Tensor], coefficients: Sequence[float], eps: float) -> list[Tensor]:
+    """newton_schulz_ref of each member of a group (matrices or batches of any shapes)."""
+    return [newton_schulz_ref(x, coefficients, eps) for x in Xs]
+
+
 def muon_momentum_ref(
     bufs: Sequence[Tensor], grads: Sequence[Tensor], outs: Sequence[Tensor], momentum: float, nesterov: bool
 ) -> None:

@@ -3,8 +3,9 @@
 usage: python tests/cuda_build_check.py BUILD_LOG
 
 1. the ptxas report in BUILD_LOG (built with MUONEXT_PTXAS_VERBOSE=1) has no register spills or stack
-   frames in the Newton–Schulz kernels (other kernels' spills are listed, not fatal);
-2. the extension imports without a GPU and is a CUDA build;
+   frames in the Newton–Schulz kernels (other kernels' spills are listed, not fatal), and no wgmma
+   serialisation warning (C75xx "wgmma.mma_async instructions are serialized") in any kernel;
+2. the extension imports without a GPU and is a CUDA build, with the sm_90a kernels when 90a was built;
 3. every op has a CUDA kernel registered with the dispatcher.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import re
 import sys
 
-OPS = ("newton_schulz", "muon_momentum_", "muon_apply_", "pack", "unpack_")
+OPS = ("newton_schulz", "newton_schulz_grouped", "muon_momentum_", "muon_apply_", "pack", "unpack_")
 
 
 def spill_report(log: str) -> tuple[list[str], list[str], int]:
@@ -29,7 +30,8 @@ def spill_report(log: str) -> tuple[list[str], list[str], int]:
             stack, stores, loads = (int(v) for v in m.groups())
             if stores or loads or stack:
                 text = f"{current}: {stack} B stack, {stores} B spill stores, {loads} B spill loads"
-                (ns_bad if "ns_dev" in current else other_bad).append(text)
+                ns_kernel = "ns_dev" in current or "GemmUniversal" in current or "sm90" in current
+                (ns_bad if ns_kernel else other_bad).append(text)
             current = None
     return ns_bad, other_bad, seen
 
@@ -51,6 +53,14 @@ def main() -> int:
         failed = True
     if not ns_bad and seen:
         print("ptxas: no spills in the Newton–Schulz kernels")
+    serialised = [line.strip()[:200] for line in log.splitlines() if "wgmma.mma_async instructions are serialized" in line]
+    for line in serialised:
+        print(f"FAIL: {line}")
+    failed = failed or bool(serialised)
+    if "sm_90a" in log and "ns_sm90_gemm_kmajor.cu" in log and "GemmUniversal" not in log:
+        # compiled for sm_90a in this build, yet ptxas reported no CUTLASS kernel: the sm90 path is empty
+        print("FAIL: ns_sm90_gemm_kmajor.cu was compiled for sm_90a but no CUTLASS GemmUniversal kernel was reported")
+        failed = True
 
     import torch
 
@@ -61,6 +71,10 @@ def main() -> int:
         return 1
     print(f"extension: {muonext.BUILD_INFO}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
           f"GPU visible: {torch.cuda.is_available()}")
+    archs = muonext.BUILD_INFO.get("cuda_archs", "").split(";")
+    if ("90a" in archs) != bool(muonext.BUILD_INFO.get("sm90_kernels")):
+        print(f"FAIL: cuda_archs={archs} but sm90_kernels={muonext.BUILD_INFO.get('sm90_kernels')}")
+        failed = True
     for op in OPS:
         ok = torch._C._dispatch_has_kernel_for_dispatch_key(f"muonext::{op}", "CUDA")
         print(f"  muonext::{op}: CUDA kernel {'registered' if ok else 'MISSING'}")

@@ -1,13 +1,15 @@
 """CUDA kernels against their references (marker `cuda`; skipped without a GPU).
 
 Newton–Schulz: error vs float64 at most 2x the plain PyTorch error in the same dtype (+ a floor), odd
-shapes, big batches; the multi-tensor ops: non-contiguous and unaligned tensors, pack/unpack bitwise;
+shapes, big batches, groups of different shapes, on each bf16 backend (sm80 everywhere; sm90 on compute
+capability 9.0 with a build that has the sm_90a kernels); the multi-tensor ops: non-contiguous and unaligned tensors, pack/unpack bitwise;
 everything also on a side stream and under CUDA graph capture.
 """
 
 import pytest
 import torch
 
+import muonext
 from muonext import ops, reference
 from muonext.optim.coefficients import ns_schedule
 
@@ -29,6 +31,18 @@ def cuda():
     return torch.device("cuda")
 
 
+@pytest.fixture(params=["sm80", "sm90"])
+def backend(request, cuda):
+    """Runs the test with the bf16 Newton–Schulz on each backend the GPU and the build support."""
+    if request.param == "sm90":
+        if torch.cuda.get_device_capability() != (9, 0):
+            pytest.skip("the sm90 backend needs a compute capability 9.0 GPU")
+        if not muonext.BUILD_INFO.get("sm90_kernels"):
+            pytest.skip("built without sm_90a kernels")
+    with ops.ns_backend(request.param):
+        yield request.param
+
+
 def _check_ns(x, coeffs=KELLER5, eps=1e-7):
     out = ops.newton_schulz(x, coeffs, eps)
     assert out.shape == x.shape and out.dtype == x.dtype and out.is_contiguous() and out.device == x.device
@@ -44,18 +58,20 @@ def _check_ns(x, coeffs=KELLER5, eps=1e-7):
     "shape",
     [(1, 7), (7, 1), (1, 300), (300, 1), (97, 131), (131, 97), (128, 128), (129, 257), (64, 256, 256), (3, 200, 48)],
 )
-def test_ns_matches_float64(cuda, shape, dtype):
+def test_ns_matches_float64(cuda, backend, shape, dtype):
+    if backend == "sm90" and dtype != torch.bfloat16:
+        pytest.skip("the sm90 backend only changes bf16")
     torch.manual_seed(0)
     _check_ns(torch.randn(shape, device=cuda).to(dtype))
 
 
 @pytest.mark.parametrize("shape", [(1408, 2048), (2048, 1408), (4, 576, 2048)])
-def test_ns_large_shapes_bf16(cuda, shape):
+def test_ns_large_shapes_bf16(cuda, backend, shape):
     torch.manual_seed(1)
     _check_ns(torch.randn(shape, device=cuda, dtype=torch.bfloat16))
 
 
-def test_ns_expert_batch_and_schedules(cuda):
+def test_ns_expert_batch_and_schedules(cuda, backend):
     torch.manual_seed(2)
     x = torch.randn(64, 1408, 2048, device=cuda, dtype=torch.bfloat16) * 1e-3
     _check_ns(x[:8], POLAR5)
@@ -65,13 +81,13 @@ def test_ns_expert_batch_and_schedules(cuda):
 
 
 @pytest.mark.parametrize("steps", [1, 2, 3])
-def test_ns_step_counts_and_buffers(cuda, steps):
+def test_ns_step_counts_and_buffers(cuda, backend, steps):
     torch.manual_seed(3)
     for shape in [(40, 64), (64, 40), (40, 61)]:  # aliased input (wide, aligned), tall, unaligned rows
         _check_ns(torch.randn(shape, device=cuda, dtype=torch.bfloat16), KELLER5[: 3 * steps])
 
 
-def test_ns_non_contiguous_offset_zero_and_empty(cuda):
+def test_ns_non_contiguous_offset_zero_and_empty(cuda, backend):
     torch.manual_seed(4)
     base = torch.randn(3, 50, 31, device=cuda)
     x = base.mT  # (3, 31, 50), strided
@@ -84,7 +100,7 @@ def test_ns_non_contiguous_offset_zero_and_empty(cuda):
     assert ops.newton_schulz(torch.zeros(0, 4, 4, device=cuda), KELLER5).shape == (0, 4, 4)
 
 
-def test_ns_input_is_not_modified_and_symmetric_products(cuda):
+def test_ns_input_is_not_modified_and_symmetric_products(cuda, backend):
     torch.manual_seed(5)
     x = torch.randn(2, 256, 512, device=cuda, dtype=torch.bfloat16)
     before = x.clone()
@@ -94,6 +110,23 @@ def test_ns_input_is_not_modified_and_symmetric_products(cuda):
     out = ops.newton_schulz(x.float(), [0.0, 1.0, 0.0], 0.0)
     xn = x.float() / x.float().norm(dim=(-2, -1), keepdim=True)
     assert rel_err(out, xn @ xn.mT @ xn) < 1e-5
+
+
+def test_ns_grouped_matches_single_calls(cuda, backend):
+    torch.manual_seed(9)
+    shapes = [(1408, 2048), (4, 2048, 1408), (3, 97, 131), (131, 97), (64, 256, 256), (1, 300), (0, 5, 5)]
+    # more members than one launch table holds (ns::kMaxProblems = 8): several launches per step
+    shapes += [(2, 40 + i, 64) for i in range(9)]
+    xs = [torch.randn(s, device=cuda, dtype=torch.bfloat16) for s in shapes]
+    outs = ops.newton_schulz_grouped(xs, KELLER5)
+    for x, out in zip(xs, outs):
+        assert out.shape == x.shape and out.dtype == x.dtype and out.is_contiguous()
+        if x.numel():
+            assert rel_err(out, ops.newton_schulz(x, KELLER5)) < 1e-6, tuple(x.shape)
+    for x in xs[:4]:
+        _check_ns(x)
+    with pytest.raises(TypeError, match=r"Xs\[1\] has dtype"):
+        ops.newton_schulz_grouped([xs[0], xs[1].float()], KELLER5)
 
 
 def test_momentum_apply_pack_non_contiguous_unaligned_mixed(cuda):
@@ -157,7 +190,7 @@ def _step(x, bufs, grads, outs, params):
     return ops.pack([params[0], bufs[0]], torch.bfloat16)
 
 
-def test_side_stream_and_cuda_graph(cuda):
+def test_side_stream_and_cuda_graph(cuda, backend):
     torch.manual_seed(8)
     x = torch.randn(3, 97, 131, device=cuda, dtype=torch.bfloat16)
     bufs, grads = [torch.randn(3, 97, 131, device=cuda)], [torch.randn(3, 97, 131, device=cuda)]

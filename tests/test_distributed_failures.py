@@ -23,7 +23,7 @@ def fault_job(rank: int, world: int) -> str:
 
     params = make_params()
     opt = DistributedMuon(list(params.items()), lr=LR, ns_dtype=torch.float32, bucket_mb=SMALL_BUCKET_MB)
-    real, calls = muonext.ops.newton_schulz, [0]
+    real, calls = muonext.ops.newton_schulz_grouped, [0]
 
     def faulty(*args, **kwargs):
         calls[0] += 1
@@ -31,7 +31,7 @@ def fault_job(rank: int, world: int) -> str:
             raise RuntimeError("injected fault in Newton-Schulz")
         return real(*args, **kwargs)
 
-    muonext.ops.newton_schulz = faulty
+    muonext.ops.newton_schulz_grouped = faulty
     for step in range(6):
         _set_grads(params, rank_grads(step, rank))
         opt.step()

@@ -142,6 +142,27 @@ def test_expert_stack_is_orthogonalised_per_expert():
     assert rel_err(p3.detach(), torch.stack([s.detach() for s in singles])) < 1e-6
 
 
+def test_one_grouped_newton_schulz_per_schedule_per_step(monkeypatch):
+    import muonext.ops
+
+    calls = []
+    real = muonext.ops.newton_schulz_grouped
+
+    def counting(xs, *args, **kwargs):
+        calls.append(sorted(tuple(x.shape) for x in xs))
+        return real(xs, *args, **kwargs)
+
+    monkeypatch.setattr(muonext.ops, "newton_schulz_grouped", counting)
+    params = [torch.nn.Parameter(torch.randn(s)) for s in MIXED_SHAPES]
+    groups = [{"params": params[:-1]}, {"params": params[-1:], "ns_coefficients": "polar_express"}]
+    _run(Muon(groups, lr=0.02), params, _grad_sequence(MIXED_SHAPES, 2, seed=11, dtype=torch.float32))
+    # per step: one call for the keller group's 5 distinct shapes (64x64 and (4,24,40)... batched by
+    # shape), one for the polar-express group
+    assert len(calls) == 4, calls
+    assert calls[0] == sorted([(1, 32, 48), (1, 48, 32), (1, 64, 64), (4, 24, 40), (3, 40, 24), (1, 16, 27)])
+    assert calls[1] == [(1, 1, 17)]
+
+
 def test_update_rms_is_reported_and_matches_the_scale():
     torch.manual_seed(0)
     p = torch.nn.Parameter(torch.randn(64, 128))

@@ -129,3 +129,44 @@ def test_named_schedules():
         ns_schedule([(1, 2, 3), (1, 2)], 2)
     with pytest.raises(ValueError, match="keller"):
         ns_schedule("newton", 5)
+
+
+def test_grouped_equals_single_calls_and_names_bad_members(device):
+    torch.manual_seed(5)
+    xs = [torch.randn(s, device=device) for s in [(9, 17), (3, 17, 9), (1, 5), (0, 4, 4), (2, 40, 23)]]
+    outs = ops.newton_schulz_grouped(xs, KELLER5)
+    assert len(outs) == len(xs)
+    for x, out in zip(xs, outs):
+        assert out.shape == x.shape and out.dtype == x.dtype and out.is_contiguous()
+        assert torch.equal(out, ops.newton_schulz(x, KELLER5))
+    assert ops.newton_schulz_grouped([], KELLER5) == []
+    with pytest.raises(TypeError, match=r"newton_schulz_grouped: Xs\[1\] has dtype"):
+        ops.newton_schulz_grouped([xs[0], xs[1].double()], KELLER5)
+    with pytest.raises(ValueError, match=r"Xs\[1\] must be 2-D"):
+        ops.newton_schulz_grouped([xs[0], torch.randn(4, device=device)], KELLER5)
+    with pytest.raises(TypeError, match=r"Xs\[0\] must be float32"):
+        ops.newton_schulz_grouped([xs[0].half()], KELLER5)
+    with pytest.raises(ValueError, match="coefficients"):
+        ops.newton_schulz_grouped(xs[:1], [1.0, 2.0])
+
+
+@pytest.mark.skipif(not ops.has_kernel("newton_schulz_grouped", "cpu"), reason="extension not built")
+def test_grouped_opcheck():
+    xs = [torch.randn(3, 9, 17), torch.randn(17, 9)]
+    torch.library.opcheck(torch.ops.muonext.newton_schulz_grouped.default, (xs, FLAT_KELLER5, 1e-7))
+    xs = [x.bfloat16() for x in xs]
+    torch.library.opcheck(torch.ops.muonext.newton_schulz_grouped.default, (xs, FLAT_KELLER5, 1e-7))
+
+
+@pytest.mark.skipif(not ops.HAS_EXT, reason="extension not built")
+def test_ns_backend_setting_is_validated_and_restored():
+    from muonext._extension import _C
+
+    before = _C.ns_backend()
+    with ops.ns_backend("sm80"):
+        assert _C.ns_backend() == "sm80"
+    assert _C.ns_backend() == before
+    with pytest.raises(ValueError, match="ns_backend must be auto, sm80 or sm90"):
+        with ops.ns_backend("sm70"):
+            pass
+    assert _C.ns_backend() == before

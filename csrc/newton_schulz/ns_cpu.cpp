@@ -1,9 +1,10 @@
-// CPU Newton–Schulz: batched over matrices with ATen's batched GEMMs (oneDNN, parallel over the
+// CPU Newton–Schulz (single batch and grouped): batched over matrices with ATen's batched GEMMs (oneDNN, parallel over the
 // batch), in the input's dtype with fp32 accumulation. Works on the wide orientation (rows ≤ cols).
 //   for each (a, b, c):  A = X·Xᵀ;  P = b·A + c·A·A;  X = a·X + P·X
 #include <torch/library.h>
 
 #include <utility>
+#include <vector>
 
 #include "newton_schulz/ns_checks.h"
 
@@ -38,8 +39,20 @@ at::Tensor newton_schulz_cpu(const at::Tensor& X, at::ArrayRef<double> coefficie
   return X.dim() == 2 ? out.squeeze(0) : out;
 }
 
+// On the CPU a group is its members in turn: each batched GEMM already uses every core.
+std::vector<at::Tensor> newton_schulz_grouped_cpu(at::TensorList Xs, at::ArrayRef<double> coefficients, double eps) {
+  check_newton_schulz_grouped_args(Xs, coefficients, eps);
+  std::vector<at::Tensor> outs;
+  outs.reserve(Xs.size());
+  for (const at::Tensor& X : Xs) outs.push_back(newton_schulz_cpu(X, coefficients, eps));
+  return outs;
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(muonext, CPU, m) { m.impl("newton_schulz", &newton_schulz_cpu); }
+TORCH_LIBRARY_IMPL(muonext, CPU, m) {
+  m.impl("newton_schulz", &newton_schulz_cpu);
+  m.impl("newton_schulz_grouped", &newton_schulz_grouped_cpu);
+}
 
 }  // namespace muonext

@@ -370,7 +370,7 @@ __global__ void __launch_bounds__(SimtF32Config::THREADS) gemm_simt_f32_kernel(c
 // X (transposed when tall) unless copy is false, and writes the tile's sum of squares (fp32).
 template <typename T>
 __global__ void __launch_bounds__(256) ns_prologue_kernel(const T* in, T* x, float* partial, int m, int n, int64_t ldn,
-                                                         bool tall, bool copy, int prologue_tiles) {
+                                                         int64_t x_rows, bool tall, bool copy, int prologue_tiles) {
   constexpr int TS = ns::kPrologueTile;
   __shared__ float tile_s[TS][TS + 1];
   __shared__ float warp_sums[8];
@@ -379,7 +379,7 @@ __global__ void __launch_bounds__(256) ns_prologue_kernel(const T* in, T* x, flo
   const int tm = tile / tiles_n, tn = tile % tiles_n;
   const int tx = threadIdx.x, ty = threadIdx.y;
   const T* src = in + static_cast<int64_t>(b) * m * n;  // (m, n) when wide, (n, m) when tall
-  T* dst = x + static_cast<int64_t>(b) * m * ldn;
+  T* dst = x + static_cast<int64_t>(b) * x_rows * ldn;  // X buffers hold x_rows ≥ m rows (sm_90a: zero padding)
   float ss = 0.0f;
   if (!tall) {
 #pragma unroll

@@ -16,6 +16,12 @@ namespace cuda {
 template <typename T, bool B_KMAJOR>
 cudaError_t ns_gemm(ns::GemmLaunch launch, cudaStream_t stream);
 
+// The normalisation pass of every job: the prologue (copy into x[0] unless step 0 reads the input in
+// place, per-tile sums of squares) and inv_norm = 1 / (‖X‖_F + eps) per matrix. Part of ns_run and
+// ns_run_sm90.
+template <typename T>
+cudaError_t ns_normalise(ns::NsJob* jobs, int num_jobs, float eps, cudaStream_t stream);
+
 // Newton–Schulz of a group of jobs (batches of possibly different shapes, one dtype) with the same
 // coefficients [a0, b0, c0, a1, ...]: 2 launches per job for the norm, then 3 GEMM launches per step
 // for the whole group (more only past ns::kMaxProblems jobs). Returns the first launch error.

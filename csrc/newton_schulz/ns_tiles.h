@@ -108,6 +108,7 @@ struct NsJob {
   int m = 0, n = 0;                   // wide orientation: m = min(rows, cols) ≤ n = max(rows, cols)
   bool tall = false;                  // rows > cols: work on Xᵀ
   int64_t ldn = 0, ldm = 0;           // leading dimensions of X (m×n) and of A, P (m×m)
+  int64_t x_rows = 0;                 // rows of each X work buffer: m, or ldm on the sm_90a path
   int prologue_tiles = 0;             // partial sums of squares per matrix
   const void* in = nullptr;           // contiguous input, (batch, rows, cols)
   void* out = nullptr;                // contiguous output, (batch, rows, cols)
@@ -129,6 +130,7 @@ inline NsJob ns_job_shape(int batch, int rows, int cols) {
   j.n = j.tall ? rows : cols;
   j.ldn = round_up(j.n, kAlign);
   j.ldm = round_up(j.m, kAlign);
+  j.x_rows = j.m;
   j.prologue_tiles = static_cast<int>(ceil_div(j.m, kPrologueTile) * ceil_div(j.n, kPrologueTile));
   return j;
 }

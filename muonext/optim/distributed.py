@@ -312,10 +312,15 @@ class DistributedMuon(Muon):
             handle.wait()
         inputs = batch_views(plan, self._ns_dtype, self._device)
         plan.gather_recv.unpack_(recv, resolver(None, inputs))
-        outs = []
-        for batch, x in zip(plan.batches, inputs):
+        # One grouped NS per (schedule, eps) of the bucket: all its shapes share each step's launches.
+        members: dict[tuple, list[int]] = defaultdict(list)
+        for i, batch in enumerate(plan.batches):
             g = self.param_groups[batch.group]
-            outs.append(ops.newton_schulz(x, ns_schedule(g["ns_coefficients"], g["ns_steps"]), g["ns_eps"]))
+            members[(tuple(ns_schedule(g["ns_coefficients"], g["ns_steps"])), g["ns_eps"])].append(i)
+        outs: list[Tensor | None] = [None] * len(inputs)
+        for (schedule, eps), idx in members.items():
+            for i, out in zip(idx, ops.newton_schulz_grouped([inputs[i] for i in idx], schedule, eps)):
+                outs[i] = out
         return outs
 
     def _issue_scatter(self, plan: BucketPlan, outs: list[Tensor]):

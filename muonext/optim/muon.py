@@ -206,7 +206,8 @@ class Muon(Optimizer):
 
     def _orthogonalised_momentum(self, items: list[_Item]) -> list[Tensor]:
         """Momentum, then NS: matrices of one shape and schedule form one batch, which the fused
-        momentum kernel writes directly (no concatenation) and one newton_schulz call orthogonalises."""
+        momentum kernel writes directly (no concatenation); one newton_schulz_grouped call per schedule
+        orthogonalises all the batches."""
         batches: dict[tuple, list[int]] = defaultdict(list)
         for i, it in enumerate(items):
             g = it.group
@@ -235,11 +236,16 @@ class Muon(Optimizer):
                 [ns_inputs[i] for i in idx], mu, nesterov,
             )
 
-        updates: list[Tensor | None] = [None] * len(items)
+        # One grouped NS per (schedule, eps, dtype): on CUDA every shape shares each step's launches.
+        grouped: dict[tuple, list[tuple]] = defaultdict(list)
         for schedule, eps, idx, sizes, batch in planned:
-            result = ops.newton_schulz(batch, schedule, eps)
-            for i, piece in zip(idx, result.split(sizes)):
-                updates[i] = piece.view(items[i].param.shape)
+            grouped[(schedule, eps, batch.dtype)].append((idx, sizes, batch))
+        updates: list[Tensor | None] = [None] * len(items)
+        for (schedule, eps, _), members in grouped.items():
+            results = ops.newton_schulz_grouped([batch for _, _, batch in members], schedule, eps)
+            for (idx, sizes, _), result in zip(members, results):
+                for i, piece in zip(idx, result.split(sizes)):
+                    updates[i] = piece.view(items[i].param.shape)
         return updates
 
     def _adamw_step(self, items: list[_Item]) -> tuple[list[str], list[Tensor]]:

@@ -1,12 +1,15 @@
 // Host tests of the torch-free tiling logic behind the CUDA kernels: the triangular tile enumeration
 // of the symmetric Newton–Schulz products, the block → (problem, matrix, tile) map of a grouped
-// launch, the GEMM problems of each step, and the multi-tensor launch plan / vector peel / chunk split.
+// launch, the GEMM problems of each step, the sm_90a grouped plan (executed on the host against a
+// float64 Newton–Schulz), and the multi-tensor launch plan / vector peel / chunk split.
 #include <cstdint>
 #include <set>
 #include <utility>
 #include <vector>
 
+#include "common/bf16.h"
 #include "common/multi_tensor_plan.h"
+#include "newton_schulz/ns_sm90_plan.h"
 #include "newton_schulz/ns_tiles.h"
 #include "test_main.h"
 
@@ -114,6 +117,198 @@ TEST(ns_job_shapes_and_step_problems) {
   CHECK(last.C == &out && last.transpose_out && last.ldc == 1408 && last.sC == 2048LL * 1408 && last.B == &x0);
   ns::GemmProblem wlast = ns::ns_update_problem(wide, 1, 1.0, true);
   CHECK(!wlast.transpose_out && wlast.ldc == 131 && wlast.sC == 97LL * 131);
+}
+
+namespace {
+
+using Mat = std::vector<double>;  // row-major
+float bits_to_float(uint16_t bits) { return muonext::bf16_to_float(bf16_t{bits}); }
+uint16_t float_to_bits(float v) { return muonext::float_to_bf16(v).bits; }
+
+// One grouped launch of the sm_90a plan run on the host: what the CUTLASS kernel computes per group
+// (fp32-ish accumulate in double, one bf16 rounding of α·acc + β·C).
+void host_grouped_gemm(const ns::Sm90Plan& p, ns::Sm90Gemm kind, bool& consistent) {
+  const bool kmajor = kind != ns::Sm90Gemm::kUpdate;
+  for (int g = 0; g < ns::sm90_group_count(p, kind); ++g) {
+    const ns::Sm90Group e = ns::sm90_group(p, kind, g);
+    consistent = consistent && (e.alpha != nullptr) == ns::sm90_per_group_alpha(p, kind) &&
+                 (e.beta != nullptr) == ns::sm90_per_group_beta(p, kind) && e.m % 8 == 0 &&
+                 e.n % 8 == 0 && e.k % 8 == 0 && (kind == ns::Sm90Gemm::kGram) == (e.C == nullptr);
+    const double alpha = e.alpha ? *e.alpha : ns::sm90_alpha(p, kind);
+    const double beta = e.beta ? *e.beta : ns::sm90_beta(p, kind);
+    for (int i = 0; i < e.m; ++i) {
+      for (int j = 0; j < e.n; ++j) {
+        double acc = 0.0;
+        for (int k = 0; k < e.k; ++k) {
+          const uint16_t b = kmajor ? e.B[j * e.ldb + k] : e.B[k * e.ldb + j];
+          acc += static_cast<double>(bits_to_float(e.A[i * e.lda + k])) * bits_to_float(b);
+        }
+        double v = alpha * acc;
+        if (e.C != nullptr) v += beta * bits_to_float(e.C[i * e.ldc + j]);
+        e.D[i * e.ldd + j] = float_to_bits(static_cast<float>(v));
+      }
+    }
+  }
+}
+
+void host_mirror(uint16_t* mats, int mp, int batch) {
+  for (int b = 0; b < batch; ++b)
+    for (int r = 0; r < mp; ++r)
+      for (int c = 0; c < mp; ++c)
+        if (ns::sm90_mirrored(r, c)) mats[(int64_t{b} * mp + r) * mp + c] = mats[(int64_t{b} * mp + c) * mp + r];
+}
+
+// Newton–Schulz in float64 on the wide orientation of one matrix.
+Mat ns_float64(Mat x, int m, int n, const std::vector<double>& coeffs, double eps) {
+  double ss = 0.0;
+  for (double v : x) ss += v * v;
+  for (double& v : x) v /= std::sqrt(ss) + eps;
+  for (size_t s = 0; s < coeffs.size(); s += 3) {
+    Mat a(int64_t{1} * m * m, 0.0), p(int64_t{1} * m * m, 0.0), next(x.size(), 0.0);
+    for (int i = 0; i < m; ++i)
+      for (int j = 0; j < m; ++j)
+        for (int k = 0; k < n; ++k) a[i * m + j] += x[i * n + k] * x[j * n + k];
+    for (int i = 0; i < m; ++i)
+      for (int j = 0; j < m; ++j) {
+        double acc = 0.0;
+        for (int k = 0; k < m; ++k) acc += a[i * m + k] * a[k * m + j];
+        p[i * m + j] = coeffs[s + 1] * a[i * m + j] + coeffs[s + 2] * acc;
+      }
+    for (int i = 0; i < m; ++i)
+      for (int j = 0; j < n; ++j) {
+        double acc = 0.0;
+        for (int k = 0; k < m; ++k) acc += p[i * m + k] * x[k * n + j];
+        next[i * n + j] = coeffs[s] * x[i * n + j] + acc;
+      }
+    x.swap(next);
+  }
+  return x;
+}
+
+}  // namespace
+
+// The sm_90a plan end to end on the host, as ns_run_sm90 drives it: jobs of several shapes in one plan
+// (padded and unpadded, wide and tall, one and several 128-row strips), the step-0 scales, the mirror
+// passes, the X ping-pong and the final copy. Each result must be the float64 Newton–Schulz to bf16
+// accuracy: an indexing mistake gives O(1) errors.
+TEST(sm90_plan_runs_newton_schulz_on_the_host) {
+  const std::vector<double> coeffs{3.4445, -4.7750, 2.0315, 3.4445, -4.7750, 2.0315, 3.4445, -4.7750, 2.0315};
+  const int steps = 3;
+  const double eps = 1e-7;
+  const int shapes[][3] = {{2, 136, 200}, {1, 264, 130}, {3, 16, 24}, {1, 131, 140}};  // batch, rows, cols
+  const int num_jobs = 4;
+  ns::Sm90Plan plan;
+  plan.num_jobs = num_jobs;
+  std::vector<ns::NsJob> nsjobs;
+  std::vector<std::vector<uint16_t>> bufs;  // per job: input, x0, x1, gram, poly, out
+  std::vector<std::vector<float>> scales;   // per job: s, s2, as0
+  bufs.reserve(num_jobs * 6);
+  scales.reserve(num_jobs * 3);
+  std::vector<std::vector<double>> inputs;
+  uint32_t seed = 12345;
+  auto rnd = [&] {
+    seed = seed * 1664525u + 1013904223u;
+    return (static_cast<double>(seed >> 8) / (1 << 24)) * 2.0 - 1.0;
+  };
+  bool padding_seen = false, direct_seen = false, multi_strip_seen = false;
+  for (int ji = 0; ji < num_jobs; ++ji) {
+    const int batch = shapes[ji][0], rows = shapes[ji][1], cols = shapes[ji][2];
+    ns::NsJob nj = ns::ns_job_shape(batch, rows, cols);
+    const int mp = static_cast<int>(nj.ldm), np = static_cast<int>(nj.ldn);
+    const bool unpadded = ns::sm90_unpadded(nj);
+    padding_seen = padding_seen || !unpadded;
+    direct_seen = direct_seen || unpadded;
+    multi_strip_seen = multi_strip_seen || ns::sm90_strips(mp) > 1;
+    std::vector<uint16_t> in(int64_t{1} * batch * rows * cols);
+    std::vector<double> in64(in.size());
+    for (size_t i = 0; i < in.size(); ++i) {
+      in[i] = float_to_bits(static_cast<float>(rnd()));
+      in64[i] = bits_to_float(in[i]);
+    }
+    inputs.push_back(in64);
+    const int64_t xe = int64_t{1} * batch * mp * np, se = int64_t{1} * batch * mp * mp;
+    bufs.push_back(in);
+    bufs.emplace_back(xe, 0);  // x0: zero padded, as the glue allocates it
+    bufs.emplace_back(xe, 0xFFFF);  // x1: NaN-filled, must be fully written before it is read
+    bufs.emplace_back(se, 0xFFFF);  // gram
+    bufs.emplace_back(se, 0xFFFF);  // poly
+    bufs.emplace_back(int64_t{1} * batch * rows * cols, 0xFFFF);  // out
+    std::vector<uint16_t>* b = &bufs[bufs.size() - 6];
+    // the prologue: the wide m × n corner of x0 (transposed when tall), and the per-matrix norms
+    std::vector<float> s(batch), s2(batch), as0(batch);
+    for (int mat = 0; mat < batch; ++mat) {
+      double ss = 0.0;
+      for (int i = 0; i < nj.m; ++i)
+        for (int j = 0; j < nj.n; ++j) {
+          const int64_t src = int64_t{1} * mat * rows * cols + (nj.tall ? int64_t{1} * j * cols + i : int64_t{1} * i * cols + j);
+          b[1][(int64_t{1} * mat * mp + i) * np + j] = b[0][src];
+          ss += in64[src] * in64[src];
+        }
+      s[mat] = static_cast<float>(1.0 / (std::sqrt(ss) + eps));
+      s2[mat] = s[mat] * s[mat];
+      as0[mat] = static_cast<float>(coeffs[0]) * s[mat];
+    }
+    scales.push_back(s);
+    scales.push_back(s2);
+    scales.push_back(as0);
+    nj.in = b[0].data();
+    nj.out = b[5].data();
+    nj.x[0] = b[1].data();
+    nj.x[1] = b[2].data();
+    nj.x_in = unpadded ? nj.in : nj.x[0];  // an unpadded wide input is read in place
+    nj.gram = b[3].data();
+    nj.poly = b[4].data();
+    nj.inv_norm = scales[scales.size() - 3].data();
+    plan.jobs[ji] = ns::sm90_job(nj, scales[scales.size() - 2].data(), scales[scales.size() - 1].data());
+    CHECK((plan.jobs[ji].out != nullptr) == unpadded && plan.jobs[ji].mp == mp && plan.jobs[ji].np == np);
+    nsjobs.push_back(nj);
+  }
+  CHECK(padding_seen && direct_seen && multi_strip_seen);
+  bool consistent = true;
+  for (int s = 0; s < steps; ++s) {
+    ns::sm90_set_step(plan, coeffs.data(), s, steps);
+    host_grouped_gemm(plan, ns::Sm90Gemm::kGram, consistent);
+    for (int ji = 0; ji < num_jobs; ++ji) host_mirror(plan.jobs[ji].gram, plan.jobs[ji].mp, plan.jobs[ji].batch);
+    host_grouped_gemm(plan, ns::Sm90Gemm::kPoly, consistent);
+    for (int ji = 0; ji < num_jobs; ++ji) host_mirror(plan.jobs[ji].poly, plan.jobs[ji].mp, plan.jobs[ji].batch);
+    host_grouped_gemm(plan, ns::Sm90Gemm::kUpdate, consistent);
+  }
+  CHECK(consistent);
+  for (int ji = 0; ji < num_jobs; ++ji) {
+    const ns::NsJob& nj = nsjobs[ji];
+    const int rows = shapes[ji][1], cols = shapes[ji][2];
+    const int64_t mp = nj.ldm, np = nj.ldn;
+    std::vector<uint16_t>& out = bufs[6 * ji + 5];
+    if (plan.jobs[ji].out == nullptr) {  // the finish pass: from the X buffer the last step wrote
+      const std::vector<uint16_t>& x = bufs[6 * ji + 1 + steps % 2];
+      for (int mat = 0; mat < nj.batch; ++mat)
+        for (int i = 0; i < nj.m; ++i)
+          for (int j = 0; j < nj.n; ++j)
+            out[int64_t{1} * mat * rows * cols + (nj.tall ? int64_t{1} * j * cols + i : int64_t{1} * i * cols + j)] =
+                x[(mat * mp + i) * np + j];
+    }
+    double worst = 0.0;
+    for (int mat = 0; mat < nj.batch; ++mat) {
+      Mat wide(int64_t{1} * nj.m * nj.n);
+      for (int i = 0; i < nj.m; ++i)
+        for (int j = 0; j < nj.n; ++j)
+          wide[i * nj.n + j] = inputs[ji][int64_t{1} * mat * rows * cols + (nj.tall ? int64_t{1} * j * cols + i : int64_t{1} * i * cols + j)];
+      const Mat exact = ns_float64(wide, nj.m, nj.n, coeffs, eps);
+      double num = 0.0, den = 0.0;
+      for (int i = 0; i < nj.m; ++i)
+        for (int j = 0; j < nj.n; ++j) {
+          const double got = bits_to_float(
+              out[int64_t{1} * mat * rows * cols + (nj.tall ? int64_t{1} * j * cols + i : int64_t{1} * i * cols + j)]);
+          const double want = exact[i * nj.n + j];
+          num += (got - want) * (got - want);
+          den += want * want;
+        }
+      const double err = std::sqrt(num / den);
+      worst = std::isnan(err) || std::isnan(worst) ? NAN : std::max(worst, err);  // NaN must fail the check
+    }
+    std::printf("  sm90 plan job %d (%d, %d, %d): relative error %.4f\n", ji, nj.batch, rows, cols, worst);
+    CHECK(worst < 0.05);  // bf16 storage of every intermediate: ~1e-2; an indexing bug: ~1
+  }
 }
 
 TEST(multi_tensor_plan_covers_every_element_once) {

@@ -49,7 +49,12 @@ CUDA_PKG    := build/cuda-pkg
 # libcudart.so for the link, also for toolkits that keep it in lib/ rather than lib64/
 CUDA_LIBDIRS = $(subst $(eval) ,:,$(wildcard $(CUDA_HOME)/lib64 $(CUDA_HOME)/lib /usr/local/cuda/lib64 /usr/local/cuda/lib))
 
-.PHONY: cuda-build-check
+.PHONY: cuda-build-check device-wheels
+
+# The pure-Python / py3-none wheels bench/device_check.sh installs on a bare GPU machine (carry .whl/).
+DEVICE_WHEELS = pytest iniconfig pluggy packaging pygments expecttest ninja "nvidia-cutlass==4.2.0.0" exceptiongroup tomli
+device-wheels: $(VENV)/.installed
+	$(PY) -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: -d .whl $(DEVICE_WHEELS)
 
 $(VENV_CUDA)/.installed:
 	@test -x $(PY_CUDA) || $(PYTHON) -m venv $(VENV_CUDA)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU check of the CUDA kernels on a machine with nothing installed but torch, nvcc and the wheels
-# carried in .whl/ (pytest, iniconfig, pluggy, packaging, ninja, numpy, expecttest, and nvidia-cutlass:
+# carried in .whl/ (`make device-wheels`: pytest and its dependencies, ninja, expecttest, nvidia-cutlass:
 # the sm_90a Newton–Schulz kernels are CUTLASS; or set CUTLASS_HOME to a checkout). Builds for sm_90a only
 # (H100/H200), runs the CUDA tests (both bf16 NS backends, sm80 and sm90), compute-sanitizer on small
 # cases of each backend and the kernel benchmark, within 8 minutes; prints a table, logs go to $OUT.

@@ -64,3 +64,74 @@ def test_resumed_rl_stage_continues_identically(tmp_path):
     ma = Pipeline(_cfg(iterations=4), full, progress=False).load("rl").state_dict()
     mb = Pipeline(_cfg(iterations=4), cut, progress=False).load("rl").state_dict()
     assert all(torch.equal(ma[k], mb[k]) for k in ma)
+
+
+class _Killed(Exception):
+    pass
+
+
+def _kill_at(step, log_first=None):
+    def log(s, *rest):
+        if log_first is not None:
+            log_first(s, *rest)
+        if s == step:
+            raise _Killed
+    return log
+
+
+def test_sft_and_dpo_killed_mid_stage_resume_identically(tmp_path):
+    from muonext.rl.stages import StepCheckpoints, dpo_train, sft_train
+
+    cfg = _cfg()
+    p = Pipeline(cfg, tmp_path / "data", progress=False)
+    data = [(p.codec.prompt_ids(q.prompt), p.codec.response_ids(q.long_solution)) for q in p.train_set[:40]]
+    pairs = [(a, b, b[: max(1, len(b) // 2)]) for a, b in data[:8]]
+
+    def fresh():
+        torch.manual_seed(0)
+        from muonext.rl.pipeline import build_model
+        return build_model(cfg, p.codec)
+
+    def run(kill, root):
+        model, ref = fresh(), fresh()
+        ckpts = StepCheckpoints(root, every=4)
+        try:
+            sft_train(model, data, 25, 8, 3e-3, 0, p.codec.pad_id, log=_kill_at(kill), checkpoints=ckpts)
+        except _Killed:
+            model = fresh()
+            sft_train(model, data, 25, 8, 3e-3, 0, p.codec.pad_id, checkpoints=ckpts)
+        dpo_ckpts = StepCheckpoints(root / "dpo", every=2)
+        try:
+            dpo_train(model, ref, pairs, 7, 4, 1e-3, 0.1, 0, p.codec.pad_id, log=_kill_at(kill // 4),
+                      checkpoints=dpo_ckpts)
+        except _Killed:
+            model.load_state_dict(fresh().state_dict())  # whatever the process had in memory is lost
+            dpo_train(model, ref, pairs, 7, 4, 1e-3, 0.1, 0, p.codec.pad_id, checkpoints=dpo_ckpts)
+        return model.state_dict()
+
+    whole = run(kill=-1, root=tmp_path / "whole")
+    resumed = run(kill=20, root=tmp_path / "cut")  # SFT dies after step 21 (last checkpoint: 20), DPO after 6
+    assert sorted(int(d.name[5:]) for d in (tmp_path / "cut").glob("step_*")) == [20, 24]  # the last two kept
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_pipeline_sft_resumes_from_its_progress_checkpoint(tmp_path, monkeypatch):
+    import muonext.rl.pipeline as pl
+
+    cfg = PipelineConfig.preset("debug", n_train=64, n_eval_per_difficulty=4, sft_steps=12, sft_batch=8,
+                                stage_checkpoint_every=5)
+    real = pl.sft_train
+    monkeypatch.setattr(pl, "sft_train", lambda *a, **k: real(*a, **{**k, "log": _kill_at(10, k["log"])}))
+    with pytest.raises(_Killed):
+        Pipeline(cfg, tmp_path / "cut", progress=False).run(("sft",))
+    assert (tmp_path / "cut" / "sft" / "progress" / "step_00000010").is_dir()
+    monkeypatch.setattr(pl, "sft_train", real)
+    Pipeline(cfg, tmp_path / "cut", progress=False).run(("sft",))
+    Pipeline(cfg, tmp_path / "whole", progress=False).run(("sft",))
+    assert not (tmp_path / "cut" / "sft" / "progress").exists()
+    a = Pipeline(cfg, tmp_path / "whole", progress=False).load("sft").state_dict()
+    b = Pipeline(cfg, tmp_path / "cut", progress=False).load("sft").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [r["iteration"] for r in json.loads("[" + ",".join(
+        (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) + "]") if r["stage"] == "sft"]
+    assert steps == [0, 10, 11]  # step 10 was logged before the kill and again after: kept once

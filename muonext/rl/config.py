@@ -115,6 +115,7 @@ class PipelineConfig:
     l2s_length_weight: float = 0.5
     l2s_max_new_tokens: int = 0  # 0: 3/4 of rl.max_new_tokens
     eval_max_new_tokens: int = 0  # 0: rl.max_new_tokens
+    stage_checkpoint_every: int = 100  # steps between mid-stage checkpoints of SFT / DPO (resume points)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -124,7 +125,7 @@ class PipelineConfig:
         if not self.difficulties or min(self.difficulties) < 1:
             raise ValueError(f"PipelineConfig.difficulties must be levels >= 1, got {self.difficulties}")
         _positive(self, "n_train", "n_eval_per_difficulty", "sft_batch", "sft_lr", "dpo_samples",
-                  "dpo_prompts", "dpo_beta", "dpo_lr")
+                  "dpo_prompts", "dpo_beta", "dpo_lr", "stage_checkpoint_every")
         _non_negative(self, "sft_steps", "short_sft_steps", "dpo_steps", "l2s_iterations", "l2s_length_weight",
                       "l2s_max_new_tokens", "eval_max_new_tokens")
         if not 0.0 <= self.merge_ratio <= 1.0:

@@ -25,6 +25,7 @@ import dataclasses
 import json
 import os
 import platform
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,12 +34,12 @@ from typing import Any
 import torch
 
 from muonext.models import MoonlightConfig, MoonlightForCausalLM
-from muonext.train.checkpoint import load_checkpoint, save_checkpoint
+from muonext.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from muonext.train.metrics import git_revision, library_versions
 
 from .config import PipelineConfig
 from .long2short import merge_state_dicts
-from .stages import dpo_pairs_from_samples, dpo_train, evaluate, sample_responses, sft_train
+from .stages import StepCheckpoints, dpo_pairs_from_samples, dpo_train, evaluate, sample_responses, sft_train
 from .task_adapter import MathTask
 from .tasks import Problem, generate_problems
 from .text_codec import CharCodec
@@ -109,6 +110,7 @@ class Pipeline:
         path = save_checkpoint(self.out / stage, step, model_state=model.state_dict(), rank_state={},
                                shared={"stage": stage})
         (self.out / stage / "done.json").write_text(json.dumps({"checkpoint": path.name, **info}, indent=1))
+        shutil.rmtree(self.out / stage / "progress", ignore_errors=True)  # mid-stage checkpoints: done with
 
     def load(self, stage: str) -> MoonlightForCausalLM:
         done = self._done(stage)
@@ -147,13 +149,20 @@ class Pipeline:
             "versions": library_versions(), "machine": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(), "config": dataclasses.asdict(self.cfg)}, indent=1, default=str))
 
+    def _progress(self, stage: str) -> tuple[StepCheckpoints, int]:
+        """The mid-stage checkpoints of a step-loop stage and the step it resumes at (0: from the start)."""
+        ckpts = StepCheckpoints(self.out / stage / "progress", self.cfg.stage_checkpoint_every)
+        found = list_checkpoints(ckpts.root)
+        return ckpts, found[-1][0] if found else 0
+
     def _sft(self, stage: str, model, responses: list[tuple[list[int], list[int]]], steps: int) -> None:
-        self.metrics.drop(stage)
+        ckpts, start = self._progress(stage)
+        self.metrics.drop(stage, start)
         log = self._log(stage)
         sft_train(model, responses, steps, self.cfg.sft_batch, self.cfg.sft_lr, self.cfg.seed, self.codec.pad_id,
                   log=lambda s, loss: log({"iteration": s, "loss": loss, "reward": None, "accuracy": None,
                                            "mean_length": None}),
-                  progress=stage if self.progress else None)
+                  progress=stage if self.progress else None, checkpoints=ckpts)
         self._finish(stage, model, steps)
 
     def stage_sft(self) -> None:
@@ -189,7 +198,8 @@ class Pipeline:
 
     def stage_dpo(self) -> None:
         cfg = self.cfg
-        self.metrics.drop("dpo")
+        ckpts, start = self._progress("dpo")
+        self.metrics.drop("dpo", start + 1 if start else 0)
         model, ref = self.load("rl"), self.load("rl")
         ref.eval()
         problems = self.train_set[: cfg.dpo_prompts]
@@ -197,12 +207,13 @@ class Pipeline:
         samples = sample_responses(model, problems, self.codec, cfg.dpo_samples, self.rl_max_new, 1.0, gen)
         pairs, shortest = dpo_pairs_from_samples(problems, samples, self.codec)
         log = self._log("dpo")
-        log({"iteration": 0, "pairs": len(pairs), "shortest_rejection_kept": len(shortest),
-             "reward": None, "accuracy": None,
-             "mean_length": sum(len(r) for s in samples for r in s) / max(1, sum(len(s) for s in samples))})
+        if not start:
+            log({"iteration": 0, "pairs": len(pairs), "shortest_rejection_kept": len(shortest),
+                 "reward": None, "accuracy": None,
+                 "mean_length": sum(len(r) for s in samples for r in s) / max(1, sum(len(s) for s in samples))})
         dpo_train(model, ref, pairs, cfg.dpo_steps, 16, cfg.dpo_lr, cfg.dpo_beta, cfg.seed, self.codec.pad_id,
                   log=lambda s, st: log({"iteration": s + 1, "reward": None, "accuracy": None,
-                                         "mean_length": None, **st}))
+                                         "mean_length": None, **st}), checkpoints=ckpts)
         self._finish("dpo", model, cfg.dpo_steps, pairs=len(pairs), shortest_rejection_kept=len(shortest))
 
     def stage_l2s_rl(self) -> None:

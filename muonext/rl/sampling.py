@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from muonext.train.checkpoint import py_rng_state, set_py_rng_state
+
 STATE_VERSION = 1
 STRATEGIES = ("uniform", "curriculum", "prioritized", "curriculum+prioritized")
 
@@ -167,12 +169,11 @@ class ProblemSampler:
 
     # ---------------------------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict[str, Any]:
-        version, internal, gauss = self.rng.getstate()
         return {
             "version": STATE_VERSION,
             "strategy": self.strategy,
             "n_problems": len(self.difficulties),
-            "rng": [version, list(internal), gauss],
+            "rng": py_rng_state(self.rng),
             "rate": {str(k): v for k, v in self.rate.items()},
             "attempts": {str(k): v for k, v in self.attempts.items()},
         }
@@ -184,7 +185,6 @@ class ProblemSampler:
             raise ValueError(
                 f"state is for {state['n_problems']} problems, this sampler has {len(self.difficulties)}"
             )
-        version, internal, gauss = state["rng"]
-        self.rng.setstate((version, tuple(internal), gauss))
+        set_py_rng_state(self.rng, state["rng"])
         self.rate = {int(k): float(v) for k, v in state["rate"].items()}
         self.attempts = {int(k): int(v) for k, v in state["attempts"].items()}

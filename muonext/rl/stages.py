@@ -6,11 +6,20 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 
 from muonext.models.generation import generate
 from muonext.optim import Muon, muon_param_groups
+from muonext.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    py_rng_state,
+    save_checkpoint,
+    set_py_rng_state,
+)
 
 from .dpo import build_dpo_pairs, dpo_loss
 from .loss import sequence_logprobs
@@ -29,6 +38,44 @@ def _pad(seqs: Sequence[Sequence[int]], pad_id: int):
     return ids, attn
 
 
+class StepCheckpoints:
+    """Mid-stage checkpoints of a step loop (SFT, DPO): every `every` steps the model, the optimizer, the
+    LR schedule, the RNGs and the loop's own JSON state go to `root` (atomic, verified; the last two kept),
+    so a stage killed half-way resumes at its last checkpoint and ends exactly as an uninterrupted run."""
+
+    def __init__(self, root: str | Path, every: int) -> None:
+        if every < 1:
+            raise ValueError(f"StepCheckpoints: every must be >= 1, got {every}")
+        self.root, self.every = Path(root), every
+
+    def save(self, step: int, model, opt, sched, rng: random.Random, loop_state: dict) -> None:
+        """After `step` steps (only on multiples of `every`)."""
+        if step % self.every:
+            return
+        save_checkpoint(
+            self.root, step, model_state=model.state_dict(),
+            rank_state={"optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state()},
+            shared={"scheduler": None if sched is None else sched.state_dict(), "rng": py_rng_state(rng),
+                    "loop": loop_state},
+        )
+        prune_checkpoints(self.root, keep_last=2)
+
+    def restore(self, model, opt, sched, rng: random.Random) -> tuple[int, dict]:
+        """-> (steps already done, the loop's JSON state); (0, {}) when there is no checkpoint."""
+        path = latest_checkpoint(self.root)
+        if path is None:
+            return 0, {}
+        ck = load_checkpoint(path)
+        model.load_state_dict(ck.model_state())
+        rank = ck.rank_state(0)
+        opt.load_state_dict(rank["optimizer"])
+        torch.set_rng_state(rank["torch_rng"])
+        if sched is not None:
+            sched.load_state_dict(ck.shared["scheduler"])
+        set_py_rng_state(rng, ck.shared["rng"])
+        return ck.step, ck.shared["loop"]
+
+
 def sft_train(
     model: torch.nn.Module,
     examples: Sequence[tuple[list[int], list[int]]],
@@ -39,9 +86,11 @@ def sft_train(
     pad_id: int,
     log: Callable[[int, float], None] | None = None,
     progress: str | None = None,
+    checkpoints: StepCheckpoints | None = None,
 ) -> float:
     """`steps` Muon steps of cross-entropy on the responses only (prompt tokens are not scored), with
-    a 10% linear warm-up and linear decay. Returns the last loss."""
+    a 10% linear warm-up and linear decay. Resumes from `checkpoints` when they hold a step. Returns the
+    last loss."""
     if steps == 0:
         return float("nan")
     opt = Muon(muon_param_groups(model), lr=lr, weight_decay=0.0)
@@ -51,10 +100,16 @@ def sft_train(
     )
     rng = random.Random(seed)
     order: list[int] = []
+    start = 0
+    if checkpoints is not None:
+        start, loop = checkpoints.restore(model, opt, sched, rng)
+        order = loop.get("order", [])
     model.train()
     loss_value = float("nan")
     bar = _bar(steps, progress)
-    for step in range(steps):
+    if bar is not None:
+        bar.update(start)
+    for step in range(start, steps):
         if len(order) < batch:
             fresh = list(range(len(examples)))
             rng.shuffle(fresh)
@@ -72,6 +127,8 @@ def sft_train(
         opt.step()
         sched.step()
         loss_value = loss.item()
+        if checkpoints is not None:
+            checkpoints.save(step + 1, model, opt, sched, rng, {"order": order})
         if log is not None and (step % 10 == 0 or step == steps - 1):
             log(step, loss_value)
         if bar is not None:
@@ -139,13 +196,16 @@ def dpo_train(
     seed: int,
     pad_id: int,
     log: Callable[[int, dict], None] | None = None,
+    checkpoints: StepCheckpoints | None = None,
 ) -> dict[str, float]:
-    """DPO on (prompt, chosen, rejected) token triples against the frozen `ref_model`."""
+    """DPO on (prompt, chosen, rejected) token triples against the frozen `ref_model`; resumes from
+    `checkpoints` when they hold a step."""
     stats: dict[str, float] = {}
     if not pairs or steps == 0:
         return stats
     opt = Muon(muon_param_groups(model), lr=lr, weight_decay=0.0)
     rng = random.Random(seed)
+    start = 0 if checkpoints is None else checkpoints.restore(model, opt, None, rng)[0]
 
     def logp(m, prompts, responses):
         seqs = [p + r for p, r in zip(prompts, responses)]
@@ -156,7 +216,7 @@ def dpo_train(
         return sequence_logprobs(m(ids, attention_mask=attn).logits, ids, mask)
 
     model.train()
-    for step in range(steps):
+    for step in range(start, steps):
         chosen = [pairs[rng.randrange(len(pairs))] for _ in range(batch)]
         prompts, good, bad = (list(x) for x in zip(*chosen))
         with torch.no_grad():
@@ -166,6 +226,8 @@ def dpo_train(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if checkpoints is not None:
+            checkpoints.save(step + 1, model, opt, None, rng, {})
         if log is not None:
             log(step, {"loss": loss.item(), **stats})
     return stats

@@ -34,7 +34,14 @@ from typing import Any
 import torch
 
 from muonext.optim import Muon, muon_param_groups
-from muonext.train.checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from muonext.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    py_rng_state,
+    save_checkpoint,
+    set_py_rng_state,
+)
 
 from .config import RLConfig
 from .length import LengthPenalty
@@ -267,7 +274,7 @@ class RLTrainer:
                         "torch_rng": torch.get_rng_state()},
             shared={"version": STATE_VERSION, "iteration": self.iteration,
                     "sampler": self.sampler.state_dict(), "buffer": self.buffer.state_dict(),
-                    "shuffle_rng": _py_rng_state(self.shuffle_rng), "config": dataclasses.asdict(self.cfg)},
+                    "shuffle_rng": py_rng_state(self.shuffle_rng), "config": dataclasses.asdict(self.cfg)},
         )
         prune_checkpoints(self.ckpt_dir, keep_last=keep_last)
         return path
@@ -287,17 +294,7 @@ class RLTrainer:
         torch.set_rng_state(rank["torch_rng"])
         self.sampler.load_state_dict(shared["sampler"])
         self.buffer.load_state_dict(shared["buffer"])
-        _set_py_rng_state(self.shuffle_rng, shared["shuffle_rng"])
+        set_py_rng_state(self.shuffle_rng, shared["shuffle_rng"])
         self.iteration = int(shared["iteration"])
         return True
-
-
-def _py_rng_state(rng: random.Random) -> list:
-    version, internal, gauss = rng.getstate()
-    return [version, list(internal), gauss]
-
-
-def _set_py_rng_state(rng: random.Random, state: list) -> None:
-    rng.setstate((state[0], tuple(state[1]), state[2]))
-
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
 from collections.abc import Callable
@@ -35,6 +36,16 @@ from .flat_state import flatten, unflatten
 FORMAT = 1
 MANIFEST = "manifest.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def py_rng_state(rng: random.Random) -> list:
+    """A `random.Random` state as JSON (checkpoints hold no pickle)."""
+    version, internal, gauss = rng.getstate()
+    return [version, list(internal), gauss]
+
+
+def set_py_rng_state(rng: random.Random, state: list) -> None:
+    rng.setstate((state[0], tuple(state[1]), state[2]))
 
 
 class CheckpointError(RuntimeError):

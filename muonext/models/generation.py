@@ -149,11 +149,9 @@ def _generate(
 
     def pick_and_record(st: GenerationState, logits_BV: torch.Tensor) -> torch.Tensor:
         tok = sample_next(logits_BV, temperature, top_k, top_p, generator)
-        lp = (
-            torch.log_softmax(logits_BV.to(torch.promote_types(logits_BV.dtype, torch.float32)), -1)
-            .gather(-1, tok.unsqueeze(-1))
-            .squeeze(-1)
-        )
+        # log-softmax of the picked token only: logit − logsumexp (no (B, V) log-softmax tensor)
+        logits = logits_BV.to(torch.promote_types(logits_BV.dtype, torch.float32))
+        lp = logits.gather(-1, tok.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
         for r, t, x in zip(st.rows, tok.tolist(), lp.tolist()):
             st.tokens[r].append(t)
             st.logprobs[r].append(x)

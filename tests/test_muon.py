@@ -156,8 +156,7 @@ def test_one_grouped_newton_schulz_per_schedule_per_step(monkeypatch):
     params = [torch.nn.Parameter(torch.randn(s)) for s in MIXED_SHAPES]
     groups = [{"params": params[:-1]}, {"params": params[-1:], "ns_coefficients": "polar_express"}]
     _run(Muon(groups, lr=0.02), params, _grad_sequence(MIXED_SHAPES, 2, seed=11, dtype=torch.float32))
-    # per step: one call for the keller group's 5 distinct shapes (64x64 and (4,24,40)... batched by
-    # shape), one for the polar-express group
+    # per step: one call with every shape batch of the keller group, one for the polar-express group
     assert len(calls) == 4, calls
     assert calls[0] == sorted([(1, 32, 48), (1, 48, 32), (1, 64, 64), (4, 24, 40), (3, 40, 24), (1, 16, 27)])
     assert calls[1] == [(1, 1, 17)]

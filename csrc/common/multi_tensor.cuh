@@ -27,6 +27,20 @@ __device__ __forceinline__ void for_each_element(const mt::ChunkSplit& s, Scalar
   for (int64_t i = s.vend + threadIdx.x; i < s.end; i += blockDim.x) scalar(i);
 }
 
+// The operator() of an op whose arithmetic type follows operand 0: Op::run<double> when it is fp64
+// (state kept in fp64), else Op::run<float>.
+template <typename Op>
+struct AccByFirstOperand {
+  __device__ __forceinline__ void operator()(const mt::TensorDesc& d, const mt::LaunchTable& tb,
+                                             const mt::ChunkSplit& s) const {
+    if (d.dtype[0] == mt::kF64) {
+      Op::template run<double>(d, tb, s);
+    } else {
+      Op::template run<float>(d, tb, s);
+    }
+  }
+};
+
 template <typename Op>
 __global__ void __launch_bounds__(kMtThreads) multi_tensor_kernel(const __grid_constant__ mt::LaunchTable table, Op op) {
   const int32_t block = static_cast<int32_t>(blockIdx.x);

@@ -10,7 +10,7 @@ namespace cuda {
 
 // Operands: ptr[0] = buf (read-write), ptr[1] = grad, ptr[2] = out.  table.g0 = μ, table.flag = nesterov.
 //   M ← μ·M + G;  out ← G + μ·M (Nesterov) or M
-struct MomentumOp {
+struct MomentumOp : AccByFirstOperand<MomentumOp> {
   template <typename Acc>
   __device__ __forceinline__ static void run(const mt::TensorDesc& d, const mt::LaunchTable& tb, const mt::ChunkSplit& s) {
     const Acc mu = static_cast<Acc>(tb.g0);
@@ -40,21 +40,13 @@ struct MomentumOp {
           store8<Acc>(out, ot, i, g);
         });
   }
-  __device__ __forceinline__ void operator()(const mt::TensorDesc& d, const mt::LaunchTable& tb,
-                                             const mt::ChunkSplit& s) const {
-    if (d.dtype[0] == mt::kF64) {
-      run<double>(d, tb, s);
-    } else {
-      run<float>(d, tb, s);
-    }
-  }
 };
 
 // Operands: ptr[0] = param (read-write), ptr[1] = update.  s0 = decay (1 − η·λ), s1 = alpha (η·scale).
 //   W ← W·decay − alpha·U
-struct ApplyOp {
+struct ApplyOp : AccByFirstOperand<ApplyOp> {
   template <typename Acc>
-  __device__ __forceinline__ static void run(const mt::TensorDesc& d, const mt::ChunkSplit& s) {
+  __device__ __forceinline__ static void run(const mt::TensorDesc& d, const mt::LaunchTable&, const mt::ChunkSplit& s) {
     const Acc decay = static_cast<Acc>(d.s0), alpha = static_cast<Acc>(d.s1);
     void* param = d.ptr[0];
     const void* upd = d.ptr[1];
@@ -72,14 +64,6 @@ struct ApplyOp {
           for (int j = 0; j < 8; ++j) p[j] = sub_rn(mul_rn(p[j], decay), mul_rn(alpha, u[j]));
           store8<Acc>(param, pt, i, p);
         });
-  }
-  __device__ __forceinline__ void operator()(const mt::TensorDesc& d, const mt::LaunchTable&,
-                                             const mt::ChunkSplit& s) const {
-    if (d.dtype[0] == mt::kF64) {
-      run<double>(d, s);
-    } else {
-      run<float>(d, s);
-    }
   }
 };
 

@@ -77,26 +77,19 @@ __global__ void __launch_bounds__(256) finish_kernel(const uint16_t* x, uint16_t
   }
 }
 
-template <typename Kernel, typename... Args>
-cudaError_t launch_batched(Kernel kernel, int blocks, int batch, cudaStream_t stream, uint16_t* base,
-                           int64_t matrix_elems, Args... args) {
-  for (int b0 = 0; b0 < batch; b0 += kMaxGridY) {  // grid.y is limited: chunks of the batch
-    const int nb = batch - b0 < kMaxGridY ? batch - b0 : kMaxGridY;
-    kernel<<<dim3(blocks, nb), dim3(kTile, 8), 0, stream>>>(base + b0 * matrix_elems, args...);
-    const cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess) return e;
-  }
-  return cudaSuccess;
-}
-
 cudaError_t mirror(const ns::Sm90Plan& plan, bool poly, cudaStream_t stream) {
   for (int i = 0; i < plan.num_jobs; ++i) {
     const ns::Sm90Job& j = plan.jobs[i];
-    const int tiles = (j.mp + kTile - 1) / kTile;
     if (j.mp <= ns::kSm90StripRows) continue;  // one strip: the GEMM computed the whole matrix
-    const cudaError_t e = launch_batched(mirror_kernel, tiles * tiles, j.batch, stream, poly ? j.poly : j.gram,
-                                         static_cast<int64_t>(j.mp) * j.mp, j.mp);
-    if (e != cudaSuccess) return e;
+    const int tiles = (j.mp + kTile - 1) / kTile;
+    uint16_t* mats = poly ? j.poly : j.gram;
+    for (int b0 = 0; b0 < j.batch; b0 += kMaxGridY) {  // grid.y is limited: chunks of the batch
+      const int nb = j.batch - b0 < kMaxGridY ? j.batch - b0 : kMaxGridY;
+      mirror_kernel<<<dim3(tiles * tiles, nb), dim3(kTile, 8), 0, stream>>>(
+          mats + static_cast<int64_t>(b0) * j.mp * j.mp, j.mp);
+      const cudaError_t e = cudaGetLastError();
+      if (e != cudaSuccess) return e;
+    }
   }
   return cudaSuccess;
 }

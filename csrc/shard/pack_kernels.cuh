@@ -9,9 +9,9 @@ namespace muonext {
 namespace cuda {
 
 // Operands: ptr[0] = source range, ptr[1] = destination range.
-struct CastCopyOp {
+struct CastCopyOp : AccByFirstOperand<CastCopyOp> {
   template <typename Acc>
-  __device__ __forceinline__ static void run(const mt::TensorDesc& d, const mt::ChunkSplit& s) {
+  __device__ __forceinline__ static void run(const mt::TensorDesc& d, const mt::LaunchTable&, const mt::ChunkSplit& s) {
     const void* src = d.ptr[0];
     void* dst = d.ptr[1];
     const uint8_t st = d.dtype[0], dt = d.dtype[1];
@@ -22,14 +22,6 @@ struct CastCopyOp {
           load8<Acc>(src, st, i, v);
           store8<Acc>(dst, dt, i, v);
         });
-  }
-  __device__ __forceinline__ void operator()(const mt::TensorDesc& d, const mt::LaunchTable&,
-                                             const mt::ChunkSplit& s) const {
-    if (d.dtype[0] == mt::kF64) {
-      run<double>(d, s);
-    } else {
-      run<float>(d, s);
-    }
   }
 };
 

@@ -32,7 +32,12 @@ def test_generator_is_deterministic():
 def test_every_problem_verifies_against_its_own_solutions(difficulty):
     for i, p in enumerate(generate_problems(300, difficulty, seed=difficulty)):
         assert p.difficulty == difficulty
-        assert p.long_solution.splitlines()[-1] == p.short_solution == f"Answer: {p.answer}", f"{i=} {p=}"
+        long_lines, short_lines = p.long_solution.splitlines(), p.short_solution.splitlines()
+        assert long_lines[-1] == short_lines[-1] == f"Answer: {p.answer}", f"{i=} {p=}"
+        # the short form is the long form's equations without the prose
+        assert len(short_lines) == len(long_lines) - 2 and len(p.short_solution) < len(p.long_solution) / 2
+        for eq, line in zip(short_lines[:-1], long_lines[1:-2]):
+            assert line.startswith(eq), f"{i=} {eq=} {line=}"
         assert verify(p.long_solution, p.answer), f"{i=} {p=}"
         assert verify(p.short_solution, p.answer), f"{i=} {p=}"
         # the answer is the value of the prompt's expression, computed independently by Python
@@ -60,7 +65,7 @@ def test_render_and_evaluate_hand_examples():
     assert tasks._render(("+", ("*", 2, 3), 4)) == "2 * 3 + 4"
     assert tasks._render(("*", ("+", 2, 3), 4)) == "(2 + 3) * 4"
     long, short, value = tasks._solutions(("*", ("+", 2, 3), 4))
-    assert value == 20 and short == "Answer: 20"
+    assert value == 20 and short == "2 + 3 = 5\n5 * 4 = 20\nAnswer: 20"
     assert long.splitlines()[1] == "2 + 3 = 5, so the expression becomes 5 * 4."
 
 

@@ -4,8 +4,10 @@ k1.5 trains on problems whose answers a program can check. Integer arithmetic ha
 no data download, and scales in difficulty by two knobs the curriculum can follow: how many digits the
 numbers have and how many operations there are (with parentheses from level 4 on).
 
-Every problem carries two reference solutions: `long_solution` (one reduction per line, the
-"chain of thought") and `short_solution` (the answer line alone). Both end with the same line,
+Every problem carries two reference solutions with the same reductions, one per line:
+`long_solution` wraps them in prose (the long chain of thought) and `short_solution` is the bare
+equations, about a third of the length. A short form with no steps at all would not do: a small model
+cannot compute a multi-step answer without writing the steps. Both end with the same line,
 ``Answer: <integer>``, which is the format `verify.extract_answer` looks for first. The long/short pair
 is what the long2short experiments need for SFT warm-up data.
 
@@ -99,16 +101,19 @@ def _reduce_once(e: Expr) -> tuple[Expr, str]:
 
 
 def _solutions(e: Expr) -> tuple[str, str, int]:
-    lines = [f"We compute {_render(e)} step by step."]
+    """(long, short, value). Both solutions make the same reductions, one per line: the long one wraps
+    them in prose, the short one is the bare equations."""
+    long_lines = [f"We compute {_render(e)} step by step."]
+    short_lines = []
     while not isinstance(e, int):
         e, step = _reduce_once(e)
-        lines.append(
+        long_lines.append(
             f"{step}, so the expression becomes {_render(e)}." if not isinstance(e, int) else f"{step}."
         )
+        short_lines.append(step)
     answer_line = f"{ANSWER_PREFIX}{e}"
-    lines.append(f"So the answer is {e}.")
-    lines.append(answer_line)
-    return "\n".join(lines), answer_line, e
+    long_lines += [f"So the answer is {e}.", answer_line]
+    return "\n".join(long_lines), "\n".join(short_lines + [answer_line]), e
 
 
 def _number(rng: random.Random, digits: int) -> int:

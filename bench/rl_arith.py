@@ -119,6 +119,13 @@ def main() -> None:
     for m, r in res.items():
         print(f"| {m} | " + " | ".join(f"{r[d]['accuracy']:.3f}" for d in levels)
               + f" | {r['all']['accuracy']:.3f} | {r['all']['mean_length']:.1f} |")
+    if "rl" in res:
+        base = res["rl"]["all"]
+        for m in ("short_sft", "merge", "dpo", "l2s_rl"):
+            if m in res:
+                r = res[m]["all"]
+                print(f"long2short {m} vs rl: length {100 * (r['mean_length'] / base['mean_length'] - 1):+.1f}%, "
+                      f"accuracy {100 * (r['accuracy'] - base['accuracy']):+.1f} points")
     t = result["throughput"]
     print(f"rollout tok/s: ours {t['ours_tok_s']:.0f}, transformers {t['hf_tok_s']:.0f} "
           f"({t['speedup']:.2f}x), greedy equal: {t['greedy_equal']}")

@@ -1,0 +1,69 @@
+"""RL from a finished SFT stage under a CPU-time budget, with held-out accuracy along the way (a script).
+
+    nice -n 5 .venv/bin/python bench/rl_sweep.py RUN_DIR --difficulties 2 --budget-s 900 --every 20 \
+        --rl '{"optimizer": "adamw", "lr": 1e-5, "samples_per_prompt": 8, "segment_tokens": 0}'
+
+RUN_DIR is a pipeline directory whose `sft` stage has finished (e.g. from bench/rl_arith.py); it is only
+read. The RL trainer starts from that checkpoint with the preset's RL config plus `--rl` overrides, on the
+training problems of `--difficulties`, and stops when its process CPU time reaches `--budget-s` (the
+evaluations are not counted). Every `--every` iterations it prints the greedy held-out accuracy per
+difficulty, so one run shows whether and when RL moves it; one thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from muonext.rl.config import PipelineConfig
+from muonext.rl.pipeline import Pipeline
+from muonext.rl.stages import evaluate
+from muonext.rl.task_adapter import MathTask
+from muonext.rl.trainer import RLTrainer
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir")
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--difficulties", default="2", help="comma-separated training difficulties")
+    ap.add_argument("--budget-s", type=float, default=900.0, help="CPU seconds of RL (evaluations excluded)")
+    ap.add_argument("--every", type=int, default=20)
+    ap.add_argument("--n-eval", type=int, default=64)
+    ap.add_argument("--rl", default="{}", help="JSON overrides of the preset's RLConfig")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    levels = {int(x) for x in args.difficulties.split(",")}
+    cfg = PipelineConfig.preset(args.preset, n_eval_per_difficulty=args.n_eval)
+    pipe = Pipeline(cfg, args.run_dir, progress=False)
+    model = pipe.load("sft")
+    tasks = [MathTask(q) for q in pipe.train_set if q.difficulty in levels]
+    trainer = RLTrainer(model, tasks, cfg.rl.replace(**{"iterations": 10**9, **json.loads(args.rl)}), pipe.codec)
+
+    def held_out() -> dict[str, float]:
+        model.eval()
+        res = evaluate(model, pipe.held_out, pipe.codec, cfg.eval_max_new_tokens or cfg.rl.max_new_tokens)
+        return {k: round(v["accuracy"], 3) for k, v in res.items()}
+
+    print(json.dumps({"iteration": 0, "cpu_s": 0.0, "held_out": held_out()}), flush=True)
+    cpu = 0.0
+    while cpu < args.budget_s:
+        t0 = time.process_time()
+        record = trainer.step()
+        cpu += time.process_time() - t0
+        if trainer.iteration % args.every == 0:
+            print(json.dumps({"iteration": trainer.iteration, "cpu_s": round(cpu, 1),
+                              "reward": round(record["reward"], 3), "entropy": round(record["entropy"], 4),
+                              "held_out": held_out()}), flush=True)
+    print(json.dumps({"iteration": trainer.iteration, "cpu_s": round(cpu, 1), "held_out": held_out()}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

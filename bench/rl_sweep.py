@@ -49,7 +49,7 @@ def main() -> None:
 
     def held_out() -> dict[str, float]:
         model.eval()
-        res = evaluate(model, pipe.held_out, pipe.codec, cfg.eval_max_new_tokens or cfg.rl.max_new_tokens)
+        res = evaluate(model, pipe.held_out, pipe.codec, pipe.eval_max_new)
         return {k: round(v["accuracy"], 3) for k, v in res.items()}
 
     print(json.dumps({"iteration": 0, "cpu_s": 0.0, "held_out": held_out()}), flush=True)

@@ -26,6 +26,12 @@ TORCH_LIBRARY(muonext, m) {
   // Element ranges [offset, offset + length) of many tensors into one flat buffer of `dtype`, and back.
   m.def("pack(Tensor[] tensors, int[] offsets, int[] lengths, ScalarType dtype) -> Tensor");
   m.def("unpack_(Tensor flat, Tensor(a!)[] outs, int[] offsets, int[] lengths) -> ()");
+  // y = x · weightᵀ (x (..., K), weight (N, K)) for few rows of x, e.g. a decode step (CPU; fp32 has an
+  // AVX-512 kernel that beats MKL's sgemm below ~32 rows, other dtypes go through at::matmul).
+  m.def("skinny_linear(Tensor x, Tensor weight) -> Tensor");
+  // The same per group: x (M, K) rows sorted by group, counts (G,) rows per group, weight (G, N, K);
+  // rows of group g are multiplied by weight[g]ᵀ (routed MoE experts in a decode step).
+  m.def("grouped_skinny_linear(Tensor x, Tensor weight, Tensor counts) -> Tensor");
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {

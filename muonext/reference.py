@@ -87,3 +87,14 @@ def unpack_ref(flat: Tensor, outs: Sequence[Tensor], offsets: Sequence[int], len
             tmp[o : o + n].copy_(piece)
             out.copy_(tmp.view_as(out))
         start += n
+
+
+def skinny_linear_ref(x: Tensor, weight: Tensor) -> Tensor:
+    """x (..., K) · weight (N, K)ᵀ."""
+    return torch.nn.functional.linear(x, weight)
+
+
+def grouped_skinny_linear_ref(x: Tensor, weight: Tensor, counts: Tensor) -> Tensor:
+    """Rows of x (M, K), sorted by group with counts[g] rows in group g, times weight[g] (N, K)ᵀ."""
+    pieces = x.split([int(n) for n in counts.tolist()])
+    return torch.cat([p @ w.t() for p, w in zip(pieces, weight)]) if len(pieces) else x.new_empty(0, weight.shape[1])

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import MoonlightConfig
-from .layers import RMSNorm
+from .layers import Linear, RMSNorm
 from .rope import apply_rope, attention_softmax_scale
 
 
@@ -40,17 +40,17 @@ class MLAttention(nn.Module):
         self.dropout = c.attention_dropout
         H = c.num_attention_heads
         if c.q_lora_rank is None:
-            self.q_proj = nn.Linear(c.hidden_size, H * c.qk_head_dim, bias=False)
+            self.q_proj = Linear(c.hidden_size, H * c.qk_head_dim, bias=False)
         else:
-            self.q_a_proj = nn.Linear(c.hidden_size, c.q_lora_rank, bias=c.attention_bias)
+            self.q_a_proj = Linear(c.hidden_size, c.q_lora_rank, bias=c.attention_bias)
             self.q_a_layernorm = RMSNorm(c.q_lora_rank)
-            self.q_b_proj = nn.Linear(c.q_lora_rank, H * c.qk_head_dim, bias=False)
-        self.kv_a_proj_with_mqa = nn.Linear(
+            self.q_b_proj = Linear(c.q_lora_rank, H * c.qk_head_dim, bias=False)
+        self.kv_a_proj_with_mqa = Linear(
             c.hidden_size, c.kv_lora_rank + c.qk_rope_head_dim, bias=c.attention_bias
         )
         self.kv_a_layernorm = RMSNorm(c.kv_lora_rank)
-        self.kv_b_proj = nn.Linear(c.kv_lora_rank, H * (c.qk_nope_head_dim + c.v_head_dim), bias=False)
-        self.o_proj = nn.Linear(H * c.v_head_dim, c.hidden_size, bias=c.attention_bias)
+        self.kv_b_proj = Linear(c.kv_lora_rank, H * (c.qk_nope_head_dim + c.v_head_dim), bias=False)
+        self.o_proj = Linear(H * c.v_head_dim, c.hidden_size, bias=c.attention_bias)
         self.scaling = attention_softmax_scale(c)
 
     # ------------------------------------------------------------------ shared pieces

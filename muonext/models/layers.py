@@ -1,4 +1,5 @@
-"""Small building blocks: RMSNorm and the dense SwiGLU MLP (dense layers and shared experts).
+"""Small building blocks: the decode-aware Linear, RMSNorm and the dense SwiGLU MLP (dense layers and
+shared experts).
 
 Legend: N tokens (any leading shape), D hidden_size, I intermediate size.
 """
@@ -8,6 +9,39 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .. import ops
+
+# Up to this many rows (tokens) the skinny CPU kernel beats MKL's sgemm (bench/RESULTS.md, "Skinny GEMM").
+SKINNY_MAX_ROWS = 32
+
+
+def use_skinny(x: torch.Tensor, weight: torch.Tensor, rows: int) -> bool:
+    """Whether a product of `rows` rows of x with weight goes to the skinny kernel: fp32 on a CPU with the
+    kernel, and no autograd (the kernel has no backward; decode runs under inference_mode)."""
+    return (
+        rows <= SKINNY_MAX_ROWS
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and x.device.type == "cpu"
+        and ops.has_kernel("skinny_linear", "cpu")
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+    )
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """F.linear(x, weight), through the skinny kernel for the few rows of a decode step."""
+    if use_skinny(x, weight, x.numel() // max(x.shape[-1], 1)):
+        return ops.skinny_linear(x, weight)
+    return F.linear(x, weight)
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters and state-dict keys) whose decode steps use the skinny kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = linear(x, self.weight)
+        return y if self.bias is None else y + self.bias
 
 
 class RMSNorm(nn.Module):
@@ -34,9 +68,9 @@ class MLP(nn.Module):
 
     def __init__(self, hidden_size: int, intermediate_size: int) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+        self.gate_proj = Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = Linear(intermediate_size, hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import MoonlightConfig
-from .layers import MLP
+from .. import ops
+from .layers import MLP, SKINNY_MAX_ROWS, use_skinny
 
 
 @dataclass
@@ -121,6 +122,11 @@ class RoutedExperts(nn.Module):
                 RoutedExperts._grouped_mm_failed = True
                 warnings.warn(f"torch._grouped_mm failed ({err}); using the per-expert loop", stacklevel=2)
         M, E = x_MD.shape[0], counts_E.shape[0]
+        if M and use_skinny(x_MD, self.gate_proj, M // E if M <= SKINNY_MAX_ROWS * E else M):
+            # a decode step: each expert's few rows straight from the sorted order, no padding
+            g = ops.grouped_skinny_linear(x_MD, self.gate_proj, counts_E)
+            u = ops.grouped_skinny_linear(x_MD, self.up_proj, counts_E)
+            return ops.grouped_skinny_linear(F.silu(g) * u, self.down_proj, counts_E)
         cap = int(counts_E.max()) if M else 0
         # padded bmm: few ops (decode steps, small batches) or little padding; else one matmul chain per expert
         padded = self.dispatch == "padded" or (

@@ -17,7 +17,7 @@ from torch import nn
 
 from .attention import MLAttention
 from .config import MoonlightConfig
-from .layers import MLP, RMSNorm
+from .layers import MLP, Linear, RMSNorm
 from .moe import MoE, update_bias
 from .rope import RotaryEmbedding
 
@@ -111,7 +111,7 @@ class MoonlightForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.model = MoonlightModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         self.tie_weights()
         if not any(p.is_meta for p in self.parameters()):
             self.reset_parameters()

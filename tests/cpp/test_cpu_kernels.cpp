@@ -1,5 +1,5 @@
 // Unit tests of the torch-free CPU kernel code: bf16 rounding, chunking, the Muon update spans and
-// the pack cast-copy, each against scalar float64 arithmetic.
+// the pack cast-copy and the skinny GEMM, each against scalar float64 arithmetic.
 #include <cstdint>
 #include <limits>
 #include <vector>
@@ -8,6 +8,7 @@
 #include "common/chunks.h"
 #include "muon_update/muon_update.h"
 #include "shard/pack.h"
+#include "skinny_gemm/skinny_gemm.h"
 #include "test_main.h"
 
 using namespace muonext;
@@ -80,6 +81,31 @@ TEST(cast_copy_is_exact_where_representable) {
   cast_copy_span(src.data(), mid.data(), 4);
   cast_copy_span(mid.data(), back.data(), 4);
   CHECK(back[0] == 1.5 && back[1] == 0.0 && std::signbit(back[1]) && back[2] == 3.0 && back[3] == 1.0);
+}
+
+TEST(skinny_gemm_matches_float64_on_ragged_shapes) {
+  // rows 1..33 cover one and two vectors and a partial third pass; N = 19 ends mid-tile; K = 37 is odd
+  const int64_t N = 19, K = 37;
+  std::vector<float> W(N * K), x(33 * K);
+  for (size_t i = 0; i < W.size(); ++i) W[i] = static_cast<float>(static_cast<int>(i * 7 % 13) - 6) / 8.0f;
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(static_cast<int>(i * 5 % 11) - 5) / 4.0f;
+  for (int64_t rows : {1, 5, 16, 17, 32}) {
+    std::vector<float> buffer(skinny::packed_floats(rows, K));
+    const float* xT = skinny::pack_rows(x.data(), K, rows, K, buffer.data());
+    CHECK(reinterpret_cast<std::uintptr_t>(xT) % 64 == 0);
+    std::vector<float> y(rows * N, -1.0f);
+    if (!skinny::cpu_supported()) continue;  // the op glue uses at::matmul there
+    skinny::gemm_rows(xT, rows, W.data(), N, K, 3, N, y.data(), N);  // columns [3, N) only
+    for (int64_t m = 0; m < rows; ++m)
+      for (int64_t n = 0; n < N; ++n) {
+        double ref = 0;
+        for (int64_t k = 0; k < K; ++k) ref += static_cast<double>(x[m * K + k]) * W[n * K + k];
+        if (n < 3)
+          CHECK(y[m * N + n] == -1.0f);  // outside the column range: untouched
+        else
+          CHECK(y[m * N + n] == ref);  // products are multiples of 1/32 and |sums| < 2^6: every fp32 sum is exact
+      }
+  }
 }
 
 MXTEST_MAIN

@@ -1,0 +1,105 @@
+// The AVX-512 kernel of skinny_gemm.h. The functions carry their own target attribute, so the rest of
+// the extension keeps the baseline x86-64 flags and this code only runs where cpu_supported().
+#include "skinny_gemm/skinny_gemm.h"
+
+#include <algorithm>
+#include <cstdint>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define MX_SKINNY_X86 1
+#include <immintrin.h>
+#endif
+
+namespace muonext::skinny {
+
+namespace {
+constexpr int64_t kCols = 8;  // W rows per register tile: 8 (or 16) accumulators, enough to hide FMA latency
+
+int64_t width_of(int64_t rows) { return rows <= kLanes ? kLanes : 2 * kLanes; }
+}  // namespace
+
+int64_t packed_floats(int64_t rows, int64_t K) { return K * width_of(rows) + kLanes; }
+
+float* pack_rows(const float* x, int64_t ldx, int64_t rows, int64_t K, float* buffer) {
+  const auto addr = reinterpret_cast<std::uintptr_t>(buffer);
+  float* xT = reinterpret_cast<float*>((addr + 63) & ~std::uintptr_t{63});
+  const int64_t width = width_of(rows);
+  for (int64_t k = 0; k < K; ++k) {
+    float* col = xT + k * width;
+    for (int64_t m = 0; m < rows; ++m) col[m] = x[m * ldx + k];
+    for (int64_t m = rows; m < width; ++m) col[m] = 0.f;
+  }
+  return xT;
+}
+
+#ifdef MX_SKINNY_X86
+
+bool cpu_supported() {
+  static const bool ok = __builtin_cpu_supports("avx512f");
+  return ok;
+}
+
+namespace {
+
+// One tile: columns [n0, n0 + cols) of y for all rows, V vectors of 16 rows each.
+template <int V>
+__attribute__((target("avx512f"))) void tile(const float* xT, int64_t rows, const float* W, int64_t N,
+                                             int64_t K, int64_t n0, int64_t cols, float* y, int64_t ldy) {
+  __m512 acc[kCols][V];
+  for (auto& a : acc)
+    for (auto& v : a) v = _mm512_setzero_ps();
+  const float* w[kCols];
+  for (int64_t j = 0; j < kCols; ++j) w[j] = W + (n0 + std::min(j, cols - 1)) * K;
+  // The next tile's rows, one cache line ahead per 16 k: W streams from L3/memory at a rate the
+  // hardware prefetcher alone does not reach with 8 interleaved rows.
+  const int64_t next = std::min(n0 + kCols, N);
+  const int64_t next_cols = std::min(kCols, N - next);
+  for (int64_t k = 0; k < K; ++k) {
+    if ((k & 15) == 0)
+      for (int64_t j = 0; j < next_cols; ++j)
+        _mm_prefetch(reinterpret_cast<const char*>(W + (next + j) * K + k), _MM_HINT_T0);
+    __m512 xv[V];
+    for (int v = 0; v < V; ++v) xv[v] = _mm512_load_ps(xT + (k * V + v) * kLanes);
+    for (int64_t j = 0; j < kCols; ++j) {
+      const __m512 wv = _mm512_set1_ps(w[j][k]);
+      for (int v = 0; v < V; ++v) acc[j][v] = _mm512_fmadd_ps(wv, xv[v], acc[j][v]);
+    }
+  }
+  alignas(64) float out[kCols][V * kLanes];
+  for (int64_t j = 0; j < kCols; ++j)
+    for (int v = 0; v < V; ++v) _mm512_store_ps(&out[j][v * kLanes], acc[j][v]);
+  for (int64_t m = 0; m < rows; ++m)
+    for (int64_t j = 0; j < cols; ++j) y[m * ldy + n0 + j] = out[j][m];
+}
+
+}  // namespace
+
+void gemm_rows(const float* xT, int64_t rows, const float* W, int64_t N, int64_t K, int64_t n_begin,
+               int64_t n_end, float* y, int64_t ldy) {
+  for (int64_t n0 = n_begin; n0 < n_end; n0 += kCols) {
+    const int64_t cols = std::min(kCols, n_end - n0);
+    if (rows <= kLanes)
+      tile<1>(xT, rows, W, N, K, n0, cols, y, ldy);
+    else
+      tile<2>(xT, rows, W, N, K, n0, cols, y, ldy);
+  }
+}
+
+#else  // not x86-64: the op glue uses at::linear instead (cpu_supported() is false); kept correct anyway
+
+bool cpu_supported() { return false; }
+
+void gemm_rows(const float* xT, int64_t rows, const float* W, int64_t, int64_t K, int64_t n_begin,
+               int64_t n_end, float* y, int64_t ldy) {
+  const int64_t width = width_of(rows);
+  for (int64_t m = 0; m < rows; ++m)
+    for (int64_t n = n_begin; n < n_end; ++n) {
+      float s = 0.f;
+      for (int64_t k = 0; k < K; ++k) s += xT[k * width + m] * W[n * K + k];
+      y[m * ldy + n] = s;
+    }
+}
+
+#endif
+
+}  // namespace muonext::skinny

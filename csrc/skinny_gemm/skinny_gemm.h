@@ -13,6 +13,7 @@ namespace muonext::skinny {
 
 constexpr int64_t kLanes = 16;    // rows of x in one vector
 constexpr int64_t kMaxRows = 32;  // rows of x per pass over W (two vectors)
+constexpr int64_t kDotRows = 4;   // up to this many rows gemm_rows_dot wastes fewer lanes than gemm_rows
 
 // Whether this CPU can run the kernel (x86-64 with AVX-512F), decided once.
 bool cpu_supported();
@@ -28,5 +29,11 @@ float* pack_rows(const float* x, int64_t ldx, int64_t rows, int64_t K, float* bu
 // y has row stride ldy. Requires cpu_supported().
 void gemm_rows(const float* xT, int64_t rows, const float* W, int64_t N, int64_t K, int64_t n_begin,
                int64_t n_end, float* y, int64_t ldy);
+
+// The same for rows ≤ kDotRows straight from x (row stride ldx, no packing): vectors along k, one
+// horizontal sum per output. For 1–4 rows (a routed expert's share of a decode step) the broadcast
+// kernel would leave 12–15 of its 16 lanes idle. Requires cpu_supported().
+void gemm_rows_dot(const float* x, int64_t ldx, int64_t rows, const float* W, int64_t N, int64_t K,
+                   int64_t n_begin, int64_t n_end, float* y, int64_t ldy);
 
 }  // namespace muonext::skinny

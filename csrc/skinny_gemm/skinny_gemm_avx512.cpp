@@ -72,7 +72,44 @@ __attribute__((target("avx512f"))) void tile(const float* xT, int64_t rows, cons
     for (int64_t j = 0; j < cols; ++j) y[m * ldy + n0 + j] = out[j][m];
 }
 
+// One tile of the dot-product kernel: R rows × kDotCols columns, vectors along k (masked tail).
+constexpr int64_t kDotCols = 4;
+
+template <int R>
+__attribute__((target("avx512f"))) void dot_tile(const float* x, int64_t ldx, const float* W, int64_t N,
+                                                 int64_t K, int64_t n0, int64_t cols, float* y, int64_t ldy) {
+  __m512 acc[R][kDotCols];
+  for (auto& a : acc)
+    for (auto& v : a) v = _mm512_setzero_ps();
+  const float* w[kDotCols];
+  for (int64_t j = 0; j < kDotCols; ++j) w[j] = W + (n0 + std::min(j, cols - 1)) * K;
+  const int64_t next = std::min(n0 + kDotCols, N);
+  const int64_t next_cols = std::min(kDotCols, N - next);
+  for (int64_t k = 0; k < K; k += kLanes) {
+    const __mmask16 mask = K - k >= kLanes ? __mmask16(0xFFFF) : __mmask16((1u << (K - k)) - 1);
+    for (int64_t j = 0; j < next_cols; ++j)
+      _mm_prefetch(reinterpret_cast<const char*>(W + (next + j) * K + k), _MM_HINT_T0);
+    __m512 wv[kDotCols];
+    for (int64_t j = 0; j < kDotCols; ++j) wv[j] = _mm512_maskz_loadu_ps(mask, w[j] + k);
+    for (int r = 0; r < R; ++r) {
+      const __m512 xv = _mm512_maskz_loadu_ps(mask, x + r * ldx + k);
+      for (int64_t j = 0; j < kDotCols; ++j) acc[r][j] = _mm512_fmadd_ps(xv, wv[j], acc[r][j]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int64_t j = 0; j < cols; ++j) y[r * ldy + n0 + j] = _mm512_reduce_add_ps(acc[r][j]);
+}
+
 }  // namespace
+
+void gemm_rows_dot(const float* x, int64_t ldx, int64_t rows, const float* W, int64_t N, int64_t K,
+                   int64_t n_begin, int64_t n_end, float* y, int64_t ldy) {
+  using Tile = void (*)(const float*, int64_t, const float*, int64_t, int64_t, int64_t, int64_t, float*, int64_t);
+  static constexpr Tile tiles[kDotRows] = {dot_tile<1>, dot_tile<2>, dot_tile<3>, dot_tile<4>};
+  const Tile tile_fn = tiles[rows - 1];
+  for (int64_t n0 = n_begin; n0 < n_end; n0 += kDotCols)
+    tile_fn(x, ldx, W, N, K, n0, std::min(kDotCols, n_end - n0), y, ldy);
+}
 
 void gemm_rows(const float* xT, int64_t rows, const float* W, int64_t N, int64_t K, int64_t n_begin,
                int64_t n_end, float* y, int64_t ldy) {
@@ -88,6 +125,16 @@ void gemm_rows(const float* xT, int64_t rows, const float* W, int64_t N, int64_t
 #else  // not x86-64: the op glue uses at::linear instead (cpu_supported() is false); kept correct anyway
 
 bool cpu_supported() { return false; }
+
+void gemm_rows_dot(const float* x, int64_t ldx, int64_t rows, const float* W, int64_t, int64_t K, int64_t n_begin,
+                   int64_t n_end, float* y, int64_t ldy) {
+  for (int64_t m = 0; m < rows; ++m)
+    for (int64_t n = n_begin; n < n_end; ++n) {
+      float s = 0.f;
+      for (int64_t k = 0; k < K; ++k) s += x[m * ldx + k] * W[n * K + k];
+      y[m * ldy + n] = s;
+    }
+}
 
 void gemm_rows(const float* xT, int64_t rows, const float* W, int64_t, int64_t K, int64_t n_begin,
                int64_t n_end, float* y, int64_t ldy) {

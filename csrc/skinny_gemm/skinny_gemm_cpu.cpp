@@ -15,17 +15,21 @@ namespace {
 
 constexpr int64_t kColsPerTask = 64;  // columns of y per parallel task (8 register tiles)
 
-// One pass over a weight: rows [row, row + rows) of x (≤ 32) times W (N, K)ᵀ.
+// One pass over a weight: rows [row, row + rows) of x (≤ 32) times W (N, K)ᵀ; xT null for the
+// dot-product kernel (≤ kDotRows rows, read straight from x).
 struct Pass {
   int64_t row, rows;
   const float* W;
   float* xT = nullptr;
 };
 
+bool use_dot(int64_t rows) { return rows <= skinny::kDotRows; }
+
 void run_passes(const float* x, int64_t K, int64_t N, std::vector<Pass>& passes, float* y) {
   if (passes.empty() || N == 0) return;
   std::vector<std::vector<float>> buffers(passes.size());
   for (size_t i = 0; i < passes.size(); ++i) {
+    if (use_dot(passes[i].rows)) continue;
     buffers[i].resize(skinny::packed_floats(passes[i].rows, K));
     passes[i].xT = skinny::pack_rows(x + passes[i].row * K, K, passes[i].rows, K, buffers[i].data());
   }
@@ -34,7 +38,11 @@ void run_passes(const float* x, int64_t K, int64_t N, std::vector<Pass>& passes,
     for (int64_t t = lo; t < hi; ++t) {
       const Pass& p = passes[t / chunks];
       const int64_t n0 = (t % chunks) * kColsPerTask;
-      skinny::gemm_rows(p.xT, p.rows, p.W, N, K, n0, std::min(N, n0 + kColsPerTask), y + p.row * N, N);
+      const int64_t n1 = std::min(N, n0 + kColsPerTask);
+      if (use_dot(p.rows))
+        skinny::gemm_rows_dot(x + p.row * K, K, p.rows, p.W, N, K, n0, n1, y + p.row * N, N);
+      else
+        skinny::gemm_rows(p.xT, p.rows, p.W, N, K, n0, n1, y + p.row * N, N);
     }
   });
 }

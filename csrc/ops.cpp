@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "newton_schulz/ns_backend.h"
+#include "skinny_gemm/skinny_gemm.h"
 
 #ifndef MUONEXT_CUDA_ARCHS
 #define MUONEXT_CUDA_ARCHS ""
@@ -32,11 +33,18 @@ TORCH_LIBRARY(muonext, m) {
   // The same per group: x (M, K) rows sorted by group, counts (G,) rows per group, weight (G, N, K);
   // rows of group g are multiplied by weight[g]ᵀ (routed MoE experts in a decode step).
   m.def("grouped_skinny_linear(Tensor x, Tensor weight, Tensor counts) -> Tensor");
+  // One decode step of MLA attention against the latent cache with kv_b_proj absorbed (CPU, fp32,
+  // AVX-512): q_nope (B, H, Qn), q_rope (B, H, R) rotated, cache (B, S, r + R) = [c | k_rope],
+  // kv_b_weight (H·(Qn + V), r), mask (B, S) additive -> (B, H·V), the input of o_proj.
+  m.def("mla_decode_attention(Tensor q_nope, Tensor q_rope, Tensor cache, Tensor kv_b_weight, Tensor mask, "
+        "float scale) -> Tensor");
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("ns_backend", &muonext::ns_backend_name, "the CUDA Newton–Schulz backend: auto, sm80 or sm90");
   module.def("set_ns_backend", &muonext::set_ns_backend, "set the CUDA Newton–Schulz backend: auto, sm80 or sm90");
+  module.def("cpu_fast_kernels", &muonext::skinny::cpu_supported,
+             "whether this CPU runs the AVX-512 decode kernels (skinny GEMM, MLA decode attention)");
   module.def("build_info", [] {
     pybind11::dict info;
 #ifdef MUONEXT_WITH_CUDA

@@ -13,6 +13,7 @@ import torch  # noqa: F401  (loads libc10/libtorch, which _C links against, befo
 
 HAS_EXT = False
 HAS_CUDA_EXT = False
+CPU_FAST_KERNELS = False  # this CPU runs the AVX-512 decode kernels (skinny GEMM, MLA decode attention)
 BUILD_INFO: dict = {}
 LOAD_ERROR: str | None = None
 
@@ -22,6 +23,7 @@ try:
     HAS_EXT = True
     BUILD_INFO = dict(_C.build_info())
     HAS_CUDA_EXT = bool(BUILD_INFO.get("cuda", False))
+    CPU_FAST_KERNELS = bool(_C.cpu_fast_kernels())
 except Exception as exc:  # ImportError, undefined symbols, ABI mismatch: all mean "no extension"
     LOAD_ERROR = f"{type(exc).__name__}: {exc}"
     warnings.warn(

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from . import reference
-from ._extension import HAS_EXT
+from ._extension import CPU_FAST_KERNELS, HAS_EXT
 
 __all__ = [
     "newton_schulz",
@@ -26,6 +26,8 @@ __all__ = [
     "unpack_",
     "skinny_linear",
     "grouped_skinny_linear",
+    "mla_decode_attention",
+    "cpu_fast_kernels",
     "flatten_coefficients",
     "has_kernel",
 ]
@@ -48,6 +50,7 @@ _OPS = (
     "unpack_",
     "skinny_linear",
     "grouped_skinny_linear",
+    "mla_decode_attention",
 )
 _KERNELS = {op: _kernel_devices(op) for op in _OPS}
 
@@ -220,6 +223,23 @@ def grouped_skinny_linear(x: Tensor, weight: Tensor, counts: Tensor) -> Tensor:
     return reference.grouped_skinny_linear_ref(x, weight, counts)
 
 
+def cpu_fast_kernels() -> bool:
+    """Whether this CPU runs the extension's AVX-512 decode kernels (x86-64 with AVX-512F)."""
+    return CPU_FAST_KERNELS
+
+
+def mla_decode_attention(
+    q_nope: Tensor, q_rope: Tensor, cache: Tensor, kv_b_weight: Tensor, mask: Tensor, scale: float
+) -> Tensor:
+    """One decode step of MLA attention, kv_b_proj absorbed: q_nope (B, H, Qn), q_rope (B, H, R) rotated,
+    cache (B, S, r + R) = [c | k_rope], kv_b_weight (H·(Qn + V), r), mask (B, S) additive -> (B, H·V).
+    The fused CPU kernel for fp32 where cpu_fast_kernels(), the einsum reference elsewhere. No autograd."""
+    fast = CPU_FAST_KERNELS and q_nope.dtype == torch.float32 and q_nope.device.type in _KERNELS["mla_decode_attention"]
+    if fast:
+        return torch.ops.muonext.mla_decode_attention(q_nope, q_rope, cache, kv_b_weight, mask, float(scale))
+    return reference.mla_decode_attention_ref(q_nope, q_rope, cache, kv_b_weight, mask, scale)
+
+
 if HAS_EXT:
 
     @torch.library.register_fake("muonext::newton_schulz")
@@ -250,6 +270,11 @@ if HAS_EXT:
     @torch.library.register_fake("muonext::skinny_linear")
     def _skinny_linear_fake(x, weight):
         return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+    @torch.library.register_fake("muonext::mla_decode_attention")
+    def _mla_decode_attention_fake(q_nope, q_rope, cache, kv_b_weight, mask, scale):
+        H = q_nope.shape[1]
+        return q_nope.new_empty(q_nope.shape[0], kv_b_weight.shape[0] - H * q_nope.shape[2])
 
     @torch.library.register_fake("muonext::grouped_skinny_linear")
     def _grouped_skinny_linear_fake(x, weight, counts):

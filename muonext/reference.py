@@ -98,3 +98,22 @@ def grouped_skinny_linear_ref(x: Tensor, weight: Tensor, counts: Tensor) -> Tens
     """Rows of x (M, K), sorted by group with counts[g] rows in group g, times weight[g] (N, K)ᵀ."""
     pieces = x.split([int(n) for n in counts.tolist()])
     return torch.cat([p @ w.t() for p, w in zip(pieces, weight)]) if len(pieces) else x.new_empty(0, weight.shape[1])
+
+
+def mla_decode_attention_ref(
+    q_nope: Tensor, q_rope: Tensor, cache: Tensor, kv_b_weight: Tensor, mask: Tensor, scale: float
+) -> Tensor:
+    """One query per sequence against its latent cache, kv_b_proj absorbed (see MLAttention.decode).
+
+    q_nope (B, H, Qn), q_rope (B, H, R), cache (B, S, r + R) = [c | k_rope], kv_b_weight (H·(Qn + V), r),
+    mask (B, S) additive -> (B, H·V).
+    """
+    B, H, Qn = q_nope.shape
+    r = kv_b_weight.shape[1]
+    w = kv_b_weight.view(H, -1, r)
+    w_uk, w_uv = w[:, :Qn], w[:, Qn:]
+    c, k_rope = cache[..., :r], cache[..., r:]
+    q_lat = torch.einsum("bhq,hqr->bhr", q_nope, w_uk)
+    scores = (torch.einsum("bhr,bsr->bhs", q_lat, c) + torch.einsum("bhk,bsk->bhs", q_rope, k_rope)) * scale
+    p = torch.softmax(scores + mask[:, None, :], dim=-1)
+    return torch.einsum("bhs,bsr,hvr->bhv", p, c, w_uv).reshape(B, -1)

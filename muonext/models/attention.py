@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import MoonlightConfig
-from .layers import Linear, RMSNorm
+from .. import ops
+from .layers import Linear, RMSNorm, use_skinny
 from .rope import apply_rope, attention_softmax_scale
 
 
@@ -144,6 +145,11 @@ class MLAttention(nn.Module):
                 q, k, v, attn_mask=mask_BTS.unsqueeze(1).to(q.dtype), scale=self.scaling
             )
             return self.o_proj(o.transpose(1, 2).reshape(B, T, H * self.v_head_dim))
+        if T == 1 and use_skinny(x_BTD, self.kv_b_proj.weight, B):  # a decode step on CPU: one fused op
+            o_BX = ops.mla_decode_attention(
+                q_nope[:, 0], q_rope[:, 0], kv_BSL, self.kv_b_proj.weight, mask_BTS[:, 0], self.scaling
+            )
+            return self.o_proj(o_BX.view(B, 1, -1))
         w_HXr = self.kv_b_proj.weight.view(H, self.qk_nope_head_dim + self.v_head_dim, r)
         w_uk_HNr, w_uv_HVr = w_HXr.split([self.qk_nope_head_dim, self.v_head_dim], dim=1)
         # q_nope · W_UK: (H, B*T, Qn) @ (H, Qn, r) -> (H, B*T, r)

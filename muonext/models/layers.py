@@ -24,7 +24,7 @@ def use_skinny(x: torch.Tensor, weight: torch.Tensor, rows: int) -> bool:
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
         and x.device.type == "cpu"
-        and ops.has_kernel("skinny_linear", "cpu")
+        and ops.cpu_fast_kernels()
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
     )
 

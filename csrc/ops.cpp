@@ -38,6 +38,10 @@ TORCH_LIBRARY(muonext, m) {
   // kv_b_weight (H·(Qn + V), r), mask (B, S) additive -> (B, H·V), the input of o_proj.
   m.def("mla_decode_attention(Tensor q_nope, Tensor q_rope, Tensor cache, Tensor kv_b_weight, Tensor mask, "
         "float scale) -> Tensor");
+  // x / sqrt(mean(x²) + eps) · weight over the last dimension (CPU, fp32, AVX-512).
+  m.def("rms_norm_rows(Tensor x, Tensor weight, float eps) -> Tensor");
+  // (logsumexp, first argmax) of each row of (B, V) logits in two passes (CPU, fp32, AVX-512).
+  m.def("logsumexp_argmax(Tensor logits) -> (Tensor, Tensor)");
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {

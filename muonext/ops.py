@@ -27,6 +27,8 @@ __all__ = [
     "skinny_linear",
     "grouped_skinny_linear",
     "mla_decode_attention",
+    "rms_norm_rows",
+    "logsumexp_argmax",
     "cpu_fast_kernels",
     "flatten_coefficients",
     "has_kernel",
@@ -51,6 +53,8 @@ _OPS = (
     "skinny_linear",
     "grouped_skinny_linear",
     "mla_decode_attention",
+    "rms_norm_rows",
+    "logsumexp_argmax",
 )
 _KERNELS = {op: _kernel_devices(op) for op in _OPS}
 
@@ -234,10 +238,29 @@ def mla_decode_attention(
     """One decode step of MLA attention, kv_b_proj absorbed: q_nope (B, H, Qn), q_rope (B, H, R) rotated,
     cache (B, S, r + R) = [c | k_rope], kv_b_weight (H·(Qn + V), r), mask (B, S) additive -> (B, H·V).
     The fused CPU kernel for fp32 where cpu_fast_kernels(), the einsum reference elsewhere. No autograd."""
-    fast = CPU_FAST_KERNELS and q_nope.dtype == torch.float32 and q_nope.device.type in _KERNELS["mla_decode_attention"]
-    if fast:
+    if _fast_cpu("mla_decode_attention", q_nope):
         return torch.ops.muonext.mla_decode_attention(q_nope, q_rope, cache, kv_b_weight, mask, float(scale))
     return reference.mla_decode_attention_ref(q_nope, q_rope, cache, kv_b_weight, mask, scale)
+
+
+def rms_norm_rows(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """x / sqrt(mean(x²) + eps) · weight over the last dimension, in one pass per row on CPU fp32 where
+    cpu_fast_kernels() (F.rms_norm elsewhere). No autograd."""
+    if _fast_cpu("rms_norm_rows", x):
+        return torch.ops.muonext.rms_norm_rows(x, weight, float(eps))
+    return reference.rms_norm_rows_ref(x, weight, eps)
+
+
+def logsumexp_argmax(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """(logsumexp, argmax) of each row of (B, V) logits: two passes per row on CPU fp32 where
+    cpu_fast_kernels(), torch.logsumexp / argmax elsewhere. A row with a NaN gives (NaN, its first NaN)."""
+    if _fast_cpu("logsumexp_argmax", logits):
+        return torch.ops.muonext.logsumexp_argmax(logits)
+    return reference.logsumexp_argmax_ref(logits)
+
+
+def _fast_cpu(op: str, x: Tensor) -> bool:
+    return CPU_FAST_KERNELS and x.dtype == torch.float32 and x.device.type in _KERNELS[op]
 
 
 if HAS_EXT:
@@ -275,6 +298,15 @@ if HAS_EXT:
     def _mla_decode_attention_fake(q_nope, q_rope, cache, kv_b_weight, mask, scale):
         H = q_nope.shape[1]
         return q_nope.new_empty(q_nope.shape[0], kv_b_weight.shape[0] - H * q_nope.shape[2])
+
+    @torch.library.register_fake("muonext::rms_norm_rows")
+    def _rms_norm_rows_fake(x, weight, eps):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("muonext::logsumexp_argmax")
+    def _logsumexp_argmax_fake(logits):
+        B = logits.shape[0]
+        return logits.new_empty(B), logits.new_empty(B, dtype=torch.long)
 
     @torch.library.register_fake("muonext::grouped_skinny_linear")
     def _grouped_skinny_linear_fake(x, weight, counts):

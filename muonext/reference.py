@@ -117,3 +117,13 @@ def mla_decode_attention_ref(
     scores = (torch.einsum("bhr,bsr->bhs", q_lat, c) + torch.einsum("bhk,bsk->bhs", q_rope, k_rope)) * scale
     p = torch.softmax(scores + mask[:, None, :], dim=-1)
     return torch.einsum("bhs,bsr,hvr->bhv", p, c, w_uv).reshape(B, -1)
+
+
+def rms_norm_rows_ref(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """x / sqrt(mean(x²) + eps) · weight over the last dimension."""
+    return torch.nn.functional.rms_norm(x, (x.shape[-1],), weight, eps)
+
+
+def logsumexp_argmax_ref(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """(logsumexp, argmax) of each row of (B, V) logits."""
+    return torch.logsumexp(logits, -1), logits.argmax(-1)

@@ -1,5 +1,6 @@
 """The skinny GEMM ops (decode-step linears and routed experts) against float64 and F.linear, their
-argument checks, and the model's use of them (only without autograd, same results as F.linear)."""
+argument checks, and when the model uses them (only without autograd). The model-level check of all the
+decode kernels together is in test_decode_kernels.py."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import torch
 import torch.nn.functional as F
 
 from muonext import ops, reference
-from muonext.models import MoonlightConfig, MoonlightForCausalLM
 from muonext.models.layers import SKINNY_MAX_ROWS, linear, use_skinny
 
 needs_kernel = pytest.mark.skipif(not ops.has_kernel("skinny_linear", "cpu"), reason="extension not built")
@@ -94,34 +94,3 @@ def test_linear_uses_the_kernel_only_without_autograd():
         assert use_skinny(x, w, 4) == ops.cpu_fast_kernels()
         assert not use_skinny(x, w, SKINNY_MAX_ROWS + 1)
         assert not use_skinny(x.double(), w.double(), 4)
-
-
-def test_decode_logits_equal_with_and_without_the_kernel(monkeypatch):
-    """One greedy decode with the skinny kernels (inference mode) against the same model forced onto
-    F.linear / the padded bmm: the fp32 logits agree to summation-order rounding."""
-    from muonext.models import generation
-    from muonext.models import layers, moe
-
-    torch.manual_seed(0)
-    model = MoonlightForCausalLM(MoonlightConfig.preset("debug")).eval()
-    prompts = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11]]
-    seen = {}
-
-    def record(tag):
-        original = generation.sample_next
-
-        def sample(logits, *a, **k):
-            seen.setdefault(tag, []).append(logits.clone())
-            return original(logits, *a, **k)
-
-        return sample
-
-    monkeypatch.setattr(generation, "sample_next", record("skinny"))
-    fast = generation.generate(model, prompts, 6, temperature=0.0)
-    monkeypatch.setattr(layers, "use_skinny", lambda *a: False)
-    monkeypatch.setattr(moe, "use_skinny", lambda *a: False)
-    monkeypatch.setattr(generation, "sample_next", record("plain"))
-    plain = generation.generate(model, prompts, 6, temperature=0.0)
-    assert fast.tokens == plain.tokens
-    for a, b in zip(seen["skinny"], seen["plain"]):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

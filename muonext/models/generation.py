@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .. import ops
 from .moonlight import MoonlightForCausalLM
 
 
@@ -148,10 +149,11 @@ def _generate(
     stop = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long, device=device)
 
     def pick_and_record(st: GenerationState, logits_BV: torch.Tensor) -> torch.Tensor:
-        tok = sample_next(logits_BV, temperature, top_k, top_p, generator)
         # log-softmax of the picked token only: logit − logsumexp (no (B, V) log-softmax tensor)
         logits = logits_BV.to(torch.promote_types(logits_BV.dtype, torch.float32))
-        lp = logits.gather(-1, tok.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
+        lse, best = ops.logsumexp_argmax(logits)
+        tok = best if temperature == 0.0 else sample_next(logits_BV, temperature, top_k, top_p, generator)
+        lp = logits.gather(-1, tok.unsqueeze(-1)).squeeze(-1) - lse
         for r, t, x in zip(st.rows, tok.tolist(), lp.tolist()):
             st.tokens[r].append(t)
             st.logprobs[r].append(x)

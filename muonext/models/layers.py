@@ -16,17 +16,21 @@ from .. import ops
 SKINNY_MAX_ROWS = 32
 
 
-def use_skinny(x: torch.Tensor, weight: torch.Tensor, rows: int) -> bool:
-    """Whether a product of `rows` rows of x with weight goes to the skinny kernel: fp32 on a CPU with the
-    kernel, and no autograd (the kernel has no backward; decode runs under inference_mode)."""
+def fast_cpu_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """fp32 on a CPU that runs the extension's AVX-512 decode kernels, and no autograd (the kernels have no
+    backward; decoding runs under inference_mode)."""
     return (
-        rows <= SKINNY_MAX_ROWS
-        and x.dtype == torch.float32
+        x.dtype == torch.float32
         and weight.dtype == torch.float32
         and x.device.type == "cpu"
         and ops.cpu_fast_kernels()
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
     )
+
+
+def use_skinny(x: torch.Tensor, weight: torch.Tensor, rows: int) -> bool:
+    """Whether a product of `rows` rows of x with weight goes to the skinny GEMM kernel."""
+    return rows <= SKINNY_MAX_ROWS and fast_cpu_path(x, weight)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -53,6 +57,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fast_cpu_path(x, self.weight):
+            return ops.rms_norm_rows(x, self.weight, self.eps)
         if x.dtype == torch.float32 or x.dtype == torch.float64:
             return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         xf = x.float()

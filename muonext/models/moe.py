@@ -27,7 +27,7 @@ from torch import nn
 
 from .config import MoonlightConfig
 from .. import ops
-from .layers import MLP, SKINNY_MAX_ROWS, use_skinny
+from .layers import MLP, SKINNY_MAX_ROWS, linear, use_skinny
 
 
 @dataclass
@@ -75,7 +75,7 @@ class Router(nn.Module):
 
     def forward(self, x_ND: torch.Tensor) -> Routing:
         dt = torch.promote_types(x_ND.dtype, torch.float32)  # fp32 router (fp64 when the model is fp64)
-        scores_NE = F.linear(x_ND.to(dt), self.weight.to(dt)).sigmoid()
+        scores_NE = linear(x_ND.to(dt), self.weight.to(dt)).sigmoid()
         idx_NK = self.select(scores_NE)
         w_NK = scores_NE.gather(1, idx_NK)
         if self.norm_topk_prob:

@@ -146,7 +146,7 @@ def _generate(
         )
     if prompts is not None and (n_seq == 0 or min(len(p) for p in prompts) < 1):
         raise ValueError("generate: every prompt needs at least one token")
-    stop = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long, device=device)
+    stop = set(stop_tokens)
 
     def pick_and_record(st: GenerationState, logits_BV: torch.Tensor) -> torch.Tensor:
         # log-softmax of the picked token only: logit − logsumexp (no (B, V) log-softmax tensor)
@@ -173,7 +173,7 @@ def _generate(
             [False] * n_seq,
         )
         st.next_input = pick_and_record(st, logits)
-        left = torch.tensor(budgets, device=device) - 1
+        left = [b - 1 for b in budgets]  # tokens each active row may still add in this call
     else:
         st = GenerationState(
             state.cache,
@@ -185,8 +185,8 @@ def _generate(
             [list(x) for x in state.logprobs],
             list(state.finished),
         )
-        left = torch.tensor([budgets[r] for r in st.rows], dtype=torch.long, device=device)
-        need = st.length + (int(left.max()) if st.rows else 0)
+        left = [budgets[r] for r in st.rows]
+        need = st.length + max(left, default=0)
         if need > st.cache.shape[2]:
             grown = st.cache.new_empty(*st.cache.shape[:2], need, st.cache.shape[3])
             grown[:, :, : st.length] = st.cache[:, :, : st.length]
@@ -195,16 +195,19 @@ def _generate(
     parked: list[GenerationState] = []  # unfinished rows out of budget for this call, set aside
     mask = _slot_mask(st.pad, st.cache.shape[2], dtype)
     while st.rows:
-        done = torch.isin(st.next_input, stop)
-        for j in done.nonzero().flatten().tolist():
-            st.finished[st.rows[j]] = True
-        go = ~done & (left > 0)
-        if not bool(go.all()):
-            out = (~done & (left <= 0)).nonzero().flatten()
-            if out.numel():
-                parked.append(select_rows(st, out, st.length))
-            st = select_rows(st, go.nonzero().flatten(), trim=True)
-            left = left[go]
+        # bookkeeping on the Python side (the last token of each row is already in st.tokens): no tensor
+        # ops and no device sync unless rows leave the batch
+        done = [st.tokens[r][-1] in stop for r in st.rows]
+        for r, d in zip(st.rows, done):
+            st.finished[r] = st.finished[r] or d
+        go = [not d and n > 0 for d, n in zip(done, left)]
+        if not all(go):
+            out = [j for j, (d, n) in enumerate(zip(done, left)) if not d and n <= 0]
+            if out:
+                parked.append(select_rows(st, torch.tensor(out, device=device), st.length))
+            keep = [j for j, g in enumerate(go) if g]
+            st = select_rows(st, torch.tensor(keep, dtype=torch.long, device=device), trim=True)
+            left = [left[j] for j in keep]
             mask = _slot_mask(st.pad, st.cache.shape[2], dtype)
             if not st.rows:
                 break
@@ -214,7 +217,7 @@ def _generate(
         )
         st.length += 1
         st.next_input = pick_and_record(st, model.lm_head(hidden[:, -1]))
-        left = left - 1
+        left = [n - 1 for n in left]
     st = _merge([st] + parked)
     return GenerationResult(
         [list(t) for t in st.tokens],

@@ -26,15 +26,16 @@ def _attention_inputs(B=3, H=4, Qn=8, R=6, r=20, V=5, S=37, seed=0):
 
 @fast
 @pytest.mark.parametrize("S", [1, 16, 37])
-def test_mla_decode_attention_matches_float64(S):
-    q_nope, q_rope, cache, w, mask = _attention_inputs(S=S)
+@pytest.mark.parametrize("H", [1, 4, 12, 40])  # the dot-product scores (≤ 4 heads), one and two broadcast passes
+def test_mla_decode_attention_matches_float64(S, H):
+    q_nope, q_rope, cache, w, mask = _attention_inputs(H=H, S=S)
     if S == 1:
         mask = torch.zeros(3, 1)
     out = ops.mla_decode_attention(q_nope, q_rope, cache, w, mask, 0.3)
     ref = reference.mla_decode_attention_ref(
         q_nope.double(), q_rope.double(), cache.double(), w.double(), mask.double(), 0.3
     )
-    assert out.shape == (3, 4 * 5) and out.dtype == torch.float32
+    assert out.shape == (3, H * 5) and out.dtype == torch.float32
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
 
 

@@ -25,7 +25,8 @@ from timer import machine_line  # noqa: E402
 from muonext import ops  # noqa: E402
 
 # (rows, in, out): the tiny preset's lm_head, dense MLP, a routed expert, q_proj; rows = tokens in the step
-SHAPES = [(r, 256, 8192) for r in (1, 4, 16, 32)] + [(16, 256, 768), (16, 768, 256), (4, 256, 128), (16, 256, 192)]
+SHAPES = [(r, 256, 8192) for r in (1, 4, 16, 32, 64)] + [(16, 256, 768), (64, 256, 768), (16, 768, 256), (4, 256, 128),
+                                                          (16, 256, 192), (64, 128, 384)]
 
 
 def medians_us(fns: dict, repeats: int, flush: torch.Tensor | None) -> dict:

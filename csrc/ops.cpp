@@ -28,7 +28,7 @@ TORCH_LIBRARY(muonext, m) {
   m.def("pack(Tensor[] tensors, int[] offsets, int[] lengths, ScalarType dtype) -> Tensor");
   m.def("unpack_(Tensor flat, Tensor(a!)[] outs, int[] offsets, int[] lengths) -> ()");
   // y = x · weightᵀ (x (..., K), weight (N, K)) for few rows of x, e.g. a decode step (CPU; fp32 has an
-  // AVX-512 kernel that beats MKL's sgemm below ~32 rows, other dtypes go through at::matmul).
+  // AVX-512 kernel that beats MKL's sgemm up to ~64 rows, other dtypes go through at::matmul).
   m.def("skinny_linear(Tensor x, Tensor weight) -> Tensor");
   // The same per group: x (M, K) rows sorted by group, counts (G,) rows per group, weight (G, N, K);
   // rows of group g are multiplied by weight[g]ᵀ (routed MoE experts in a decode step).

@@ -16,33 +16,7 @@ from torch import Tensor
 from . import reference
 from ._extension import CPU_FAST_KERNELS, HAS_EXT
 
-__all__ = [
-    "newton_schulz",
-    "newton_schulz_grouped",
-    "ns_backend",
-    "muon_momentum_",
-    "muon_apply_",
-    "pack",
-    "unpack_",
-    "skinny_linear",
-    "grouped_skinny_linear",
-    "mla_decode_attention",
-    "rms_norm_rows",
-    "logsumexp_argmax",
-    "cpu_fast_kernels",
-    "flatten_coefficients",
-    "has_kernel",
-]
-
-
-def _kernel_devices(op: str) -> frozenset[str]:
-    if not HAS_EXT:
-        return frozenset()
-    keys = {"cpu": "CPU", "cuda": "CUDA"}
-    return frozenset(d for d, k in keys.items() if torch._C._dispatch_has_kernel_for_dispatch_key(f"muonext::{op}", k))
-
-
-# Decided once at import, so the per-call check is a constant set lookup that torch.compile folds.
+# The torch.ops.muonext ops, one typed wrapper each below.
 _OPS = (
     "newton_schulz",
     "newton_schulz_grouped",
@@ -56,6 +30,17 @@ _OPS = (
     "rms_norm_rows",
     "logsumexp_argmax",
 )
+__all__ = [*_OPS, "ns_backend", "cpu_fast_kernels", "flatten_coefficients", "has_kernel"]
+
+
+def _kernel_devices(op: str) -> frozenset[str]:
+    if not HAS_EXT:
+        return frozenset()
+    keys = {"cpu": "CPU", "cuda": "CUDA"}
+    return frozenset(d for d, k in keys.items() if torch._C._dispatch_has_kernel_for_dispatch_key(f"muonext::{op}", k))
+
+
+# Decided once at import, so the per-call check is a constant set lookup that torch.compile folds.
 _KERNELS = {op: _kernel_devices(op) for op in _OPS}
 
 
@@ -213,7 +198,7 @@ def unpack_(
 
 def skinny_linear(x: Tensor, weight: Tensor) -> Tensor:
     """x (..., K) · weight (N, K)ᵀ, for few rows of x (a decode step): on CPU in fp32 an AVX-512 kernel
-    that streams weight once and beats MKL's sgemm up to ~32 rows; elsewhere F.linear. No autograd."""
+    that streams weight once and beats MKL's sgemm up to ~64 rows; elsewhere F.linear. No autograd."""
     if x.device.type in _KERNELS["skinny_linear"]:
         return torch.ops.muonext.skinny_linear(x, weight)
     return reference.skinny_linear_ref(x, weight)

@@ -21,7 +21,7 @@ from torch import nn
 
 from .config import MoonlightConfig
 from .. import ops
-from .layers import Linear, RMSNorm, use_skinny
+from .layers import Linear, RMSNorm, fast_cpu_path
 from .rope import apply_rope, attention_softmax_scale
 
 
@@ -145,7 +145,7 @@ class MLAttention(nn.Module):
                 q, k, v, attn_mask=mask_BTS.unsqueeze(1).to(q.dtype), scale=self.scaling
             )
             return self.o_proj(o.transpose(1, 2).reshape(B, T, H * self.v_head_dim))
-        if T == 1 and use_skinny(x_BTD, self.kv_b_proj.weight, B):  # a decode step on CPU: one fused op
+        if T == 1 and fast_cpu_path(x_BTD, self.kv_b_proj.weight):  # a decode step on CPU: one fused op
             o_BX = ops.mla_decode_attention(
                 q_nope[:, 0], q_rope[:, 0], kv_BSL, self.kv_b_proj.weight, mask_BTS[:, 0], self.scaling
             )

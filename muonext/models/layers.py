@@ -12,8 +12,9 @@ from torch import nn
 
 from .. import ops
 
-# Up to this many rows (tokens) the skinny CPU kernel beats MKL's sgemm (bench/RESULTS.md, "Skinny GEMM").
-SKINNY_MAX_ROWS = 32
+# Up to this many rows (tokens; RL rollouts decode 64 at once) the skinny CPU kernel is at least as fast as
+# MKL's sgemm (bench/RESULTS.md, model throughput run E).
+SKINNY_MAX_ROWS = 64
 
 
 def fast_cpu_path(x: torch.Tensor, weight: torch.Tensor) -> bool:

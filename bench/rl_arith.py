@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -21,21 +20,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timer import interleaved_medians  # noqa: E402
 
 from muonext.models.generation import generate
 from muonext.rl.config import PipelineConfig
 from muonext.rl.pipeline import Pipeline
 from muonext.rl.rollout import new_request, rollout
-
-
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def throughput(p: Pipeline, batch: int, new_tokens: int, repeats: int) -> dict:
@@ -47,18 +38,23 @@ def throughput(p: Pipeline, batch: int, new_tokens: int, repeats: int) -> dict:
     prompts = [p.codec.prompt_ids(q.prompt) for q in p.held_out[:batch]]
     P = max(len(x) for x in prompts)
     prompts = [x + x[-1:] * (P - len(x)) for x in prompts]  # equal lengths: no padding differences
-    ours = _median_time(lambda: generate(model, prompts, new_tokens, temperature=0.0, stop_tokens=[]), repeats)
     hf = DeepseekV3ForCausalLM(DeepseekV3Config(**model.config.to_hf_config())).eval()
     sd = dict(to_hf_state_dict(model))
     missing, _unexpected = hf.load_state_dict(sd, strict=False)
     ids = torch.tensor(prompts)
-    with torch.no_grad():
-        def run_hf():
-            return hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                               min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
-        same = run_hf()[:, P:].tolist() == generate(model, prompts, new_tokens, temperature=0.0,
-                                                     stop_tokens=[]).tokens
-        theirs = _median_time(run_hf, repeats)
+
+    def run_ours():
+        return generate(model, prompts, new_tokens, temperature=0.0, stop_tokens=[]).tokens
+
+    @torch.no_grad()
+    def run_hf():
+        return hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                           min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+
+    same = run_hf()[:, P:].tolist() == run_ours()
+    # interleaved rounds: a change in the machine's load hits both alike
+    t = interleaved_medians({"ours": run_ours, "hf": run_hf}, repeats=repeats)
+    ours, theirs = t["ours"], t["hf"]
     n = batch * new_tokens
     return {"ours_tok_s": n / ours, "hf_tok_s": n / theirs, "speedup": theirs / ours, "greedy_equal": same,
             "hf_missing_keys": len(missing), "batch": batch, "new_tokens": new_tokens}
@@ -109,7 +105,7 @@ def main() -> None:
     total = time.perf_counter() - t0
     res = json.loads((Path(args.out) / "eval" / "results.json").read_text())
     result = {"config": cfg.to_dict(), "seconds": total, "eval": res,
-              "throughput": throughput(p, batch=16, new_tokens=64, repeats=3),
+              "throughput": throughput(p, batch=16, new_tokens=64, repeats=9),
               "partial": partial_vs_full(p, n_traj=32, max_new=cfg.rl.max_new_tokens, segment=cfg.rl.segment_tokens)}
     (Path(args.out) / "bench.json").write_text(json.dumps(result, indent=1))
     levels = [k for k in res["sft"] if k != "all"]

@@ -108,4 +108,23 @@ TEST(skinny_gemm_matches_float64_on_ragged_shapes) {
   }
 }
 
+TEST(skinny_gemm_dot_matches_float64_for_one_to_four_rows) {
+  // K = 37: two full 16-lane steps and a masked tail of 5; N = 10 ends mid-tile (tiles of 4 columns)
+  const int64_t N = 10, K = 37, ldx = K + 3;  // x rows strided, as a slice of a wider matrix
+  std::vector<float> W(N * K), x(4 * ldx);
+  for (size_t i = 0; i < W.size(); ++i) W[i] = static_cast<float>(static_cast<int>(i * 7 % 13) - 6) / 8.0f;
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(static_cast<int>(i * 5 % 11) - 5) / 4.0f;
+  if (!skinny::cpu_supported()) return;
+  for (int64_t rows = 1; rows <= skinny::kDotRows; ++rows) {
+    std::vector<float> y(rows * N, -1.0f);
+    skinny::gemm_rows_dot(x.data(), ldx, rows, W.data(), N, K, 1, N, y.data(), N);  // columns [1, N)
+    for (int64_t m = 0; m < rows; ++m)
+      for (int64_t n = 0; n < N; ++n) {
+        double ref = 0;
+        for (int64_t k = 0; k < K; ++k) ref += static_cast<double>(x[m * ldx + k]) * W[n * K + k];
+        CHECK(y[m * N + n] == (n < 1 ? -1.0f : ref));  // exact sums (see above); column 0 untouched
+      }
+  }
+}
+
 MXTEST_MAIN

@@ -18,7 +18,6 @@
 #include "decode/avx512_math.h"
 #include "skinny_gemm/skinny_gemm.h"
 
-
 namespace muonext {
 namespace {
 

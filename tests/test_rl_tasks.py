@@ -8,6 +8,7 @@ import pytest
 
 from muonext.rl import tasks
 from muonext.rl.tasks import (
+    column_work,
     LEVELS,
     Problem,
     evaluate,
@@ -34,15 +35,44 @@ def test_every_problem_verifies_against_its_own_solutions(difficulty):
         assert p.difficulty == difficulty
         long_lines, short_lines = p.long_solution.splitlines(), p.short_solution.splitlines()
         assert long_lines[-1] == short_lines[-1] == f"Answer: {p.answer}", f"{i=} {p=}"
-        # the short form is the long form's equations without the prose
+        # the short form is the long form's equations without the column work and the prose
         assert len(short_lines) == len(long_lines) - 2 and len(p.short_solution) < len(p.long_solution) / 2
         for eq, line in zip(short_lines[:-1], long_lines[1:-2]):
-            assert line.startswith(eq), f"{i=} {eq=} {line=}"
+            assert line.startswith(eq) or f". {eq}" in line, f"{i=} {eq=} {line=}"
         assert verify(p.long_solution, p.answer), f"{i=} {p=}"
         assert verify(p.short_solution, p.answer), f"{i=} {p=}"
         # the answer is the value of the prompt's expression, computed independently by Python
         expr = p.prompt.removeprefix("What is ").removesuffix("?")
         assert eval(expr) == int(p.answer), f"{i=} {expr=} {p.answer=}"
+
+
+def _column_result(work: str) -> int:
+    """The signed value a column work text computes, each column checked on the way."""
+    sign = -1 if "= -(" in work else 1
+    cols = work.rsplit(": ", 1)[1].split(", ")
+    digits, carry_out = [], 0
+    for col in cols:
+        expr, value = col.removesuffix(" borrow").split("=")
+        assert eval(expr) == int(value), col  # each column's own arithmetic
+        digits.append(int(value) % 10)
+        carry_out = int(value) // 10 if "+" in expr else 0
+    digits.append(carry_out)
+    return sign * int("".join(map(str, reversed(digits))))
+
+
+def test_column_work_computes_every_sum_and_difference():
+    rng = random.Random(0)
+    cases = [("+", 48, 84), ("-", 84, 48), ("-", 15, 75), ("+", -55, 93), ("-", 100, 1), ("-", 3, -60)]
+    cases += [(rng.choice("+-"), rng.randint(-999, 999), rng.randint(-999, 999)) for _ in range(2000)]
+    for op, a, b in cases:
+        work = column_work(op, a, b)
+        if max(abs(a), abs(b)) < 10:
+            assert work == ""
+            continue
+        assert _column_result(work) == (a + b if op == "+" else a - b), (op, a, b, work)
+    assert column_work("*", 46, 22) == ""
+    assert column_work("+", 48, 84) == "48 + 84: 8+4=12, 4+8+1=13"
+    assert column_work("-", 15, 75) == "15 - 75 = -(75 - 15); 75 - 15: 5-5=0, 7-1=6"
 
 
 def test_difficulty_controls_size():

@@ -5,11 +5,16 @@ no data download, and scales in difficulty by two knobs the curriculum can follo
 numbers have and how many operations there are (with parentheses from level 4 on).
 
 Every problem carries two reference solutions with the same reductions, one per line:
-`long_solution` wraps them in prose (the long chain of thought) and `short_solution` is the bare
-equations, about a third of the length. A short form with no steps at all would not do: a small model
-cannot compute a multi-step answer without writing the steps. Both end with the same line,
-``Answer: <integer>``, which is the format `verify.extract_answer` looks for first. The long/short pair
-is what the long2short experiments need for SFT warm-up data.
+`long_solution` is the long chain of thought. Each addition and subtraction is worked digit by digit
+before its equation, units first with carries or borrows (`48 + 84: 8+4=12, 4+8+1=13. 48 + 84 = 132`),
+and the reductions are wrapped in prose. `short_solution` is the bare equations. A short form with no
+steps at all would not do: a small model cannot compute a multi-step answer without writing the steps.
+Both end with the same line, ``Answer: <integer>``, which is the format `verify.extract_answer` looks for
+first. The long/short pair is what the long2short experiments need for SFT warm-up data.
+
+The column work is what lets the 3-layer character-level model of the `tiny` RL pipeline add and
+subtract: writing `48 + 84 = 132` at once, its SFT reached 55% on two-digit sums, and with the columns
+98% (bench/RESULTS.md, RL run 4). Products are still written in one line.
 
 JSONL problem sets hold one object per line with at least ``prompt``, ``answer`` and ``difficulty``.
 """
@@ -87,29 +92,73 @@ def evaluate(e: Expr) -> int:
     return _apply(op, evaluate(left), evaluate(right))
 
 
-def _reduce_once(e: Expr) -> tuple[Expr, str]:
-    """Reduce the first operator (post-order) whose operands are both numbers; return the step text."""
+def _reduce_once(e: Expr) -> tuple[Expr, tuple[str, int, int], str]:
+    """Reduce the first operator (post-order) whose operands are both numbers; return the new expression,
+    the (op, a, b) reduced and the step's equation."""
     op, left, right = e
     if isinstance(left, int) and isinstance(right, int):
         value = _apply(op, left, right)
-        return value, f"{_render(left)} {op} {_render(right)} = {value}"
+        return value, (op, left, right), f"{_render(left)} {op} {_render(right)} = {value}"
     if not isinstance(left, int):
-        new_left, step = _reduce_once(left)
-        return (op, new_left, right), step
-    new_right, step = _reduce_once(right)
-    return (op, left, new_right), step
+        new_left, reduced, step = _reduce_once(left)
+        return (op, new_left, right), reduced, step
+    new_right, reduced, step = _reduce_once(right)
+    return (op, left, new_right), reduced, step
+
+
+def _column_add(x: int, y: int) -> str:
+    """x + y (x, y >= 0) column by column, units first: '8+4=12, 4+8+1=13' (each sum with the carry in)."""
+    dx, dy = str(x)[::-1], str(y)[::-1]
+    cols, carry = [], 0
+    for i in range(max(len(dx), len(dy))):
+        a, b = int(dx[i]) if i < len(dx) else 0, int(dy[i]) if i < len(dy) else 0
+        total = a + b + carry
+        cols.append(f"{a}+{b}+{carry}={total}" if carry else f"{a}+{b}={total}")
+        carry = total // 10
+    return ", ".join(cols)
+
+
+def _column_sub(x: int, y: int) -> str:
+    """x − y (x >= y >= 0) column by column, units first: '14-8=6 borrow, 7-4=3' (a borrowed ten is
+    written into the digit and taken from the next one)."""
+    dx, dy = str(x)[::-1], str(y)[::-1]
+    cols, borrow = [], 0
+    for i in range(len(dx)):
+        a, b = int(dx[i]) - borrow, int(dy[i]) if i < len(dy) else 0
+        borrow = int(a < b)
+        cols.append(f"{a + 10}-{b}={a + 10 - b} borrow" if borrow else f"{a}-{b}={a - b}")
+    return ", ".join(cols)
+
+
+def column_work(op: str, a: int, b: int) -> str:
+    """The digit-by-digit work before `a op b = …` in the long solution: '' for products and one-digit
+    operands; signs are handled first ('15 - 75 = -(75 - 15); 75 - 15: 5-5=0, 7-1=6')."""
+    if op == "*" or max(abs(a), abs(b)) < 10:
+        return ""
+    head = f"{_render(a)} {op} {_render(b)}"
+    b = b if op == "+" else -b  # a − b = a + (−b): one signed addition
+    if a >= 0 and b >= 0:
+        return f"{a} + {b}: {_column_add(a, b)}" if op == "+" else f"{head} = {a} + {b}; {a} + {b}: {_column_add(a, b)}"
+    if a < 0 and b < 0:
+        return f"{head} = -({-a} + {-b}); {-a} + {-b}: {_column_add(-a, -b)}"
+    x, y = (a, -b) if a >= 0 else (b, -a)  # the sum is x − y with x, y >= 0
+    if x >= y:
+        prefix = "" if (op == "-" and a >= 0) else f"{head} = {x} - {y}; "
+        return f"{prefix}{x} - {y}: {_column_sub(x, y)}"
+    return f"{head} = -({y} - {x}); {y} - {x}: {_column_sub(y, x)}"
 
 
 def _solutions(e: Expr) -> tuple[str, str, int]:
-    """(long, short, value). Both solutions make the same reductions, one per line: the long one wraps
-    them in prose, the short one is the bare equations."""
+    """(long, short, value). Both solutions make the same reductions, one per line: the long one works
+    each addition and subtraction digit by digit and wraps the equations in prose, the short one is the
+    bare equations."""
     long_lines = [f"We compute {_render(e)} step by step."]
     short_lines = []
     while not isinstance(e, int):
-        e, step = _reduce_once(e)
-        long_lines.append(
-            f"{step}, so the expression becomes {_render(e)}." if not isinstance(e, int) else f"{step}."
-        )
+        e, (op, a, b), step = _reduce_once(e)
+        work = column_work(op, a, b)
+        line = f"{step}, so the expression becomes {_render(e)}." if not isinstance(e, int) else f"{step}."
+        long_lines.append(f"{work}. {line}" if work else line)
         short_lines.append(step)
     answer_line = f"{ANSWER_PREFIX}{e}"
     long_lines += [f"So the answer is {e}.", answer_line]

@@ -10,12 +10,11 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cmath>
 #include <limits>
 #include <vector>
 
 #include "common/check.h"
-#include "decode/avx512_math.h"
+#include "common/avx512_math.h"
 #include "skinny_gemm/skinny_gemm.h"
 
 namespace muonext {
@@ -105,7 +104,7 @@ MX_AVX512 void attend_seq(const float* q_nope, const float* q_rope, const float*
 }
 #endif
 
-void check_strided_rows(const at::Tensor& t, const char* name, int64_t dim) {
+void check_operand(const at::Tensor& t, const char* name, int64_t dim) {
   MX_CHECK_VALUE(t.dim() == dim, "mla_decode_attention: ", name, " must be ", dim, "-D, got shape ", t.sizes());
   MX_CHECK_TYPE(t.scalar_type() == at::kFloat, "mla_decode_attention: ", name, " must be float32, got ",
                 t.scalar_type());
@@ -114,11 +113,11 @@ void check_strided_rows(const at::Tensor& t, const char* name, int64_t dim) {
 
 at::Tensor mla_decode_attention_cpu(const at::Tensor& q_nope, const at::Tensor& q_rope, const at::Tensor& cache,
                                     const at::Tensor& kv_b_weight, const at::Tensor& mask, double scale) {
-  check_strided_rows(q_nope, "q_nope", 3);
-  check_strided_rows(q_rope, "q_rope", 3);
-  check_strided_rows(cache, "cache", 3);
-  check_strided_rows(kv_b_weight, "kv_b_weight", 2);
-  check_strided_rows(mask, "mask", 2);
+  check_operand(q_nope, "q_nope", 3);
+  check_operand(q_rope, "q_rope", 3);
+  check_operand(cache, "cache", 3);
+  check_operand(kv_b_weight, "kv_b_weight", 2);
+  check_operand(mask, "mask", 2);
   const int64_t B = q_nope.size(0), H = q_nope.size(1), Qn = q_nope.size(2), R = q_rope.size(2);
   const int64_t S = cache.size(1), r = cache.size(2) - R;
   MX_CHECK_VALUE(q_rope.size(0) == B && q_rope.size(1) == H, "mla_decode_attention: q_rope must be (", B, ", ", H,

@@ -11,7 +11,7 @@
 #include <tuple>
 
 #include "common/check.h"
-#include "decode/avx512_math.h"
+#include "common/avx512_math.h"
 #include "skinny_gemm/skinny_gemm.h"
 
 namespace muonext {

@@ -5,10 +5,7 @@
 #include <algorithm>
 #include <cstdint>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define MX_SKINNY_X86 1
-#include <immintrin.h>
-#endif
+#include "common/avx512_math.h"
 
 namespace muonext::skinny {
 
@@ -32,7 +29,7 @@ float* pack_rows(const float* x, int64_t ldx, int64_t rows, int64_t K, float* bu
   return xT;
 }
 
-#ifdef MX_SKINNY_X86
+#ifdef MX_AVX512_OK
 
 bool cpu_supported() {
   static const bool ok = __builtin_cpu_supports("avx512f");
@@ -41,27 +38,42 @@ bool cpu_supported() {
 
 namespace {
 
+// The C rows of W one tile reads (past N: its last row again, never stored), and the next tile's rows,
+// prefetched one cache line at a time: W streams from L3/memory at a rate the hardware prefetcher alone
+// does not reach with C interleaved rows.
+template <int64_t C>
+struct TileRows {
+  const float* w[C];
+  const float* next;
+  int64_t next_rows, K;
+
+  TileRows(const float* W, int64_t N, int64_t K_, int64_t n0, int64_t cols) : K(K_) {
+    for (int64_t j = 0; j < C; ++j) w[j] = W + (n0 + std::min(j, cols - 1)) * K;
+    const int64_t n1 = std::min(n0 + C, N);
+    next = W + n1 * K;
+    next_rows = std::min(C, N - n1);
+  }
+
+  // the cache line at column k of every next row
+  void prefetch(int64_t k) const {
+    for (int64_t j = 0; j < next_rows; ++j) _mm_prefetch(reinterpret_cast<const char*>(next + j * K + k), _MM_HINT_T0);
+  }
+};
+
 // One tile: columns [n0, n0 + cols) of y for all rows, V vectors of 16 rows each.
 template <int V>
-__attribute__((target("avx512f"))) void tile(const float* xT, int64_t rows, const float* W, int64_t N,
-                                             int64_t K, int64_t n0, int64_t cols, float* y, int64_t ldy) {
+MX_AVX512 void tile(const float* xT, int64_t rows, const float* W, int64_t N, int64_t K, int64_t n0, int64_t cols,
+                    float* y, int64_t ldy) {
   __m512 acc[kCols][V];
   for (auto& a : acc)
     for (auto& v : a) v = _mm512_setzero_ps();
-  const float* w[kCols];
-  for (int64_t j = 0; j < kCols; ++j) w[j] = W + (n0 + std::min(j, cols - 1)) * K;
-  // The next tile's rows, one cache line ahead per 16 k: W streams from L3/memory at a rate the
-  // hardware prefetcher alone does not reach with 8 interleaved rows.
-  const int64_t next = std::min(n0 + kCols, N);
-  const int64_t next_cols = std::min(kCols, N - next);
+  const TileRows<kCols> t(W, N, K, n0, cols);
   for (int64_t k = 0; k < K; ++k) {
-    if ((k & 15) == 0)
-      for (int64_t j = 0; j < next_cols; ++j)
-        _mm_prefetch(reinterpret_cast<const char*>(W + (next + j) * K + k), _MM_HINT_T0);
+    if ((k & 15) == 0) t.prefetch(k);
     __m512 xv[V];
     for (int v = 0; v < V; ++v) xv[v] = _mm512_load_ps(xT + (k * V + v) * kLanes);
     for (int64_t j = 0; j < kCols; ++j) {
-      const __m512 wv = _mm512_set1_ps(w[j][k]);
+      const __m512 wv = _mm512_set1_ps(t.w[j][k]);
       for (int v = 0; v < V; ++v) acc[j][v] = _mm512_fmadd_ps(wv, xv[v], acc[j][v]);
     }
   }
@@ -76,21 +88,17 @@ __attribute__((target("avx512f"))) void tile(const float* xT, int64_t rows, cons
 constexpr int64_t kDotCols = 4;
 
 template <int R>
-__attribute__((target("avx512f"))) void dot_tile(const float* x, int64_t ldx, const float* W, int64_t N,
-                                                 int64_t K, int64_t n0, int64_t cols, float* y, int64_t ldy) {
+MX_AVX512 void dot_tile(const float* x, int64_t ldx, const float* W, int64_t N, int64_t K, int64_t n0, int64_t cols,
+                        float* y, int64_t ldy) {
   __m512 acc[R][kDotCols];
   for (auto& a : acc)
     for (auto& v : a) v = _mm512_setzero_ps();
-  const float* w[kDotCols];
-  for (int64_t j = 0; j < kDotCols; ++j) w[j] = W + (n0 + std::min(j, cols - 1)) * K;
-  const int64_t next = std::min(n0 + kDotCols, N);
-  const int64_t next_cols = std::min(kDotCols, N - next);
+  const TileRows<kDotCols> t(W, N, K, n0, cols);
   for (int64_t k = 0; k < K; k += kLanes) {
-    const __mmask16 mask = K - k >= kLanes ? __mmask16(0xFFFF) : __mmask16((1u << (K - k)) - 1);
-    for (int64_t j = 0; j < next_cols; ++j)
-      _mm_prefetch(reinterpret_cast<const char*>(W + (next + j) * K + k), _MM_HINT_T0);
+    const __mmask16 mask = avx512::tail(K - k);
+    t.prefetch(k);
     __m512 wv[kDotCols];
-    for (int64_t j = 0; j < kDotCols; ++j) wv[j] = _mm512_maskz_loadu_ps(mask, w[j] + k);
+    for (int64_t j = 0; j < kDotCols; ++j) wv[j] = _mm512_maskz_loadu_ps(mask, t.w[j] + k);
     for (int r = 0; r < R; ++r) {
       const __m512 xv = _mm512_maskz_loadu_ps(mask, x + r * ldx + k);
       for (int64_t j = 0; j < kDotCols; ++j) acc[r][j] = _mm512_fmadd_ps(xv, wv[j], acc[r][j]);
@@ -122,7 +130,7 @@ void gemm_rows(const float* xT, int64_t rows, const float* W, int64_t N, int64_t
   }
 }
 
-#else  // not x86-64: the op glue uses at::linear instead (cpu_supported() is false); kept correct anyway
+#else  // not x86-64 with GCC/Clang: the op glue uses at::linear instead (cpu_supported() is false); kept correct anyway
 
 bool cpu_supported() { return false; }
 

@@ -48,7 +48,8 @@ void run_passes(const float* x, int64_t K, int64_t N, std::vector<Pass>& passes,
 }
 
 void add_passes(std::vector<Pass>& passes, int64_t row, int64_t rows, const float* W) {
-  for (int64_t r = 0; r < rows; r += skinny::kMaxRows) passes.push_back({row + r, std::min(skinny::kMaxRows, rows - r), W});
+  for (int64_t r = 0; r < rows; r += skinny::kMaxRows)
+    passes.push_back({row + r, std::min(skinny::kMaxRows, rows - r), W});
 }
 
 bool fast_path(const at::Tensor& x) { return x.scalar_type() == at::kFloat && skinny::cpu_supported(); }
@@ -98,7 +99,8 @@ at::Tensor grouped_skinny_linear_cpu(const at::Tensor& x, const at::Tensor& weig
   MX_CHECK_VALUE(total == M, "grouped_skinny_linear: counts sum to ", total, " but x has ", M, " rows");
   if (!fast_path(x)) {
     std::vector<at::Tensor> pieces;
-    for (int64_t g = 0, row = 0; g < G; row += c[g], ++g) pieces.push_back(at::mm(x.narrow(0, row, c[g]), weight[g].t()));
+    for (int64_t g = 0, row = 0; g < G; row += c[g], ++g)
+      pieces.push_back(at::mm(x.narrow(0, row, c[g]), weight[g].t()));
     return G ? at::cat(pieces) : at::empty({0, N}, x.options());
   }
   if (K == 0) return at::zeros({M, N}, x.options());

@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timer import interleaved_medians  # noqa: E402
+from timer import interleaved_medians
 
 from muonext.models.generation import generate
 from muonext.rl.config import PipelineConfig

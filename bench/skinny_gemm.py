@@ -20,13 +20,14 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from timer import machine_line  # noqa: E402
+from timer import machine_line
 
-from muonext import ops  # noqa: E402
+from muonext import ops
 
 # (rows, in, out): the tiny preset's lm_head, dense MLP, a routed expert, q_proj; rows = tokens in the step
-SHAPES = [(r, 256, 8192) for r in (1, 4, 16, 32, 64)] + [(16, 256, 768), (64, 256, 768), (16, 768, 256), (4, 256, 128),
-                                                          (16, 256, 192), (64, 128, 384)]
+SHAPES = [(r, 256, 8192) for r in (1, 4, 16, 32, 64)] + [
+    (16, 256, 768), (64, 256, 768), (16, 768, 256), (4, 256, 128), (16, 256, 192), (64, 128, 384)
+]
 
 
 def medians_us(fns: dict, repeats: int, flush: torch.Tensor | None) -> dict:
@@ -57,7 +58,7 @@ def main() -> None:
     flush = torch.zeros(16 * 1024 * 1024)
     for rows, k, n in SHAPES:
         x, w = torch.randn(rows, k), torch.randn(n, k)
-        fns = {"mkl": lambda: F.linear(x, w), "ours": lambda: ops.skinny_linear(x, w)}
+        fns = {"mkl": lambda x=x, w=w: F.linear(x, w), "ours": lambda x=x, w=w: ops.skinny_linear(x, w)}
         for label, buf in (("hot", None), ("cold", flush)):
             t = medians_us(fns, args.repeats, buf)
             print(f"| {rows} × {k} × {n} | {label} | {t['mkl']:.0f} | {t['ours']:.0f} | {t['mkl'] / t['ours']:.2f}× |")

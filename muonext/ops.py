@@ -16,10 +16,10 @@ from torch import Tensor
 from . import reference
 from ._extension import CPU_FAST_KERNELS, HAS_EXT
 
-# The torch.ops.muonext ops, one typed wrapper each below.
-_OPS = (
+__all__ = [
     "newton_schulz",
     "newton_schulz_grouped",
+    "ns_backend",
     "muon_momentum_",
     "muon_apply_",
     "pack",
@@ -29,8 +29,10 @@ _OPS = (
     "mla_decode_attention",
     "rms_norm_rows",
     "logsumexp_argmax",
-)
-__all__ = [*_OPS, "ns_backend", "cpu_fast_kernels", "flatten_coefficients", "has_kernel"]
+    "cpu_fast_kernels",
+    "flatten_coefficients",
+    "has_kernel",
+]
 
 
 def _kernel_devices(op: str) -> frozenset[str]:
@@ -40,7 +42,10 @@ def _kernel_devices(op: str) -> frozenset[str]:
     return frozenset(d for d, k in keys.items() if torch._C._dispatch_has_kernel_for_dispatch_key(f"muonext::{op}", k))
 
 
-# Decided once at import, so the per-call check is a constant set lookup that torch.compile folds.
+# The torch.ops.muonext ops (every name of __all__ but the helpers). Decided once at import, so the
+# per-call check is a constant set lookup that torch.compile folds.
+_HELPERS = ("ns_backend", "cpu_fast_kernels", "flatten_coefficients", "has_kernel")
+_OPS = tuple(n for n in __all__ if n not in _HELPERS)
 _KERNELS = {op: _kernel_devices(op) for op in _OPS}
 
 

@@ -97,7 +97,9 @@ def skinny_linear_ref(x: Tensor, weight: Tensor) -> Tensor:
 def grouped_skinny_linear_ref(x: Tensor, weight: Tensor, counts: Tensor) -> Tensor:
     """Rows of x (M, K), sorted by group with counts[g] rows in group g, times weight[g] (N, K)ᵀ."""
     pieces = x.split([int(n) for n in counts.tolist()])
-    return torch.cat([p @ w.t() for p, w in zip(pieces, weight)]) if len(pieces) else x.new_empty(0, weight.shape[1])
+    if not pieces:
+        return x.new_empty(0, weight.shape[1])
+    return torch.cat([p @ w.t() for p, w in zip(pieces, weight)])
 
 
 def mla_decode_attention_ref(

@@ -8,9 +8,9 @@ import pytest
 
 from muonext.rl import tasks
 from muonext.rl.tasks import (
-    column_work,
     LEVELS,
     Problem,
+    column_work,
     evaluate,
     generate_problem,
     generate_problems,

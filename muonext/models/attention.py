@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import MoonlightConfig
 from .. import ops
+from .config import MoonlightConfig
 from .layers import Linear, RMSNorm, fast_cpu_path
 from .rope import apply_rope, attention_softmax_scale
 

@@ -204,7 +204,7 @@ def _generate(
         if not all(go):
             out = [j for j, (d, n) in enumerate(zip(done, left)) if not d and n <= 0]
             if out:
-                parked.append(select_rows(st, torch.tensor(out, device=device), st.length))
+                parked.append(select_rows(st, torch.tensor(out, dtype=torch.long, device=device), st.length))
             keep = [j for j, g in enumerate(go) if g]
             st = select_rows(st, torch.tensor(keep, dtype=torch.long, device=device), trim=True)
             left = [left[j] for j in keep]

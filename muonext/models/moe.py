@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import MoonlightConfig
 from .. import ops
-from .layers import MLP, SKINNY_MAX_ROWS, linear, use_skinny
+from .config import MoonlightConfig
+from .layers import MLP, linear, use_skinny
 
 
 @dataclass
@@ -122,7 +122,7 @@ class RoutedExperts(nn.Module):
                 RoutedExperts._grouped_mm_failed = True
                 warnings.warn(f"torch._grouped_mm failed ({err}); using the per-expert loop", stacklevel=2)
         M, E = x_MD.shape[0], counts_E.shape[0]
-        if M and use_skinny(x_MD, self.gate_proj, M // E if M <= SKINNY_MAX_ROWS * E else M):
+        if M and use_skinny(x_MD, self.gate_proj, -(-M // E)):  # rows per expert on average (ceil)
             # a decode step: each expert's few rows straight from the sorted order, no padding
             g = ops.grouped_skinny_linear(x_MD, self.gate_proj, counts_E)
             u = ops.grouped_skinny_linear(x_MD, self.up_proj, counts_E)

@@ -172,7 +172,7 @@ def _tiny() -> PipelineConfig:
         difficulties=(1, 2, 3),
         # 30k problems, each seen about once in SFT: with 2k the model memorised them (loss 0.05, held-out
         # accuracy d2 10%, d3 2%); with 30k it learns the arithmetic (d2 55%, d3 11% before the column
-        # work in the long solutions, 98% and 28% with it; bench/RESULTS.md)
+        # work in the long solutions, 98% and 39% with it; bench/RESULTS.md)
         n_train=30000,
         n_eval_per_difficulty=64,
         sft_steps=1200,

@@ -14,7 +14,7 @@ first. The long/short pair is what the long2short experiments need for SFT warm-
 
 The column work is what lets the 3-layer character-level model of the `tiny` RL pipeline add and
 subtract: writing `48 + 84 = 132` at once, its SFT reached 55% on two-digit sums, and with the columns
-98% (bench/RESULTS.md, RL run 4). Products are still written in one line.
+98% (bench/RESULTS.md, RL run 5). Products are still written in one line.
 
 JSONL problem sets hold one object per line with at least ``prompt``, ``answer`` and ``difficulty``.
 """
@@ -138,7 +138,8 @@ def column_work(op: str, a: int, b: int) -> str:
     head = f"{_render(a)} {op} {_render(b)}"
     b = b if op == "+" else -b  # a − b = a + (−b): one signed addition
     if a >= 0 and b >= 0:
-        return f"{a} + {b}: {_column_add(a, b)}" if op == "+" else f"{head} = {a} + {b}; {a} + {b}: {_column_add(a, b)}"
+        prefix = "" if op == "+" else f"{head} = {a} + {b}; "
+        return f"{prefix}{a} + {b}: {_column_add(a, b)}"
     if a < 0 and b < 0:
         return f"{head} = -({-a} + {-b}); {-a} + {-b}: {_column_add(-a, -b)}"
     x, y = (a, -b) if a >= 0 else (b, -a)  # the sum is x − y with x, y >= 0

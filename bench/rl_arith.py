@@ -2,8 +2,9 @@
 
     nice -n 5 python bench/rl_arith.py --out runs/bench-rl [--sft-steps N --rl-iterations N ...]
 
-From one SFT checkpoint, same seeds: held-out greedy accuracy per difficulty before/after RL; long2short
-(merge, DPO, long2short RL): mean length and accuracy vs the RL model; rollout throughput of our
+From one SFT checkpoint, same seeds: held-out greedy accuracy per difficulty before/after RL (and the
+sampled accuracy at the RL temperature); long2short (merge, shortest rejection sampling, DPO, long2short
+RL): mean length and accuracy vs the RL model; rollout throughput of our
 latent-cache `generate` vs transformers' `DeepseekV3ForCausalLM.generate` on the same weights (greedy,
 same batch, fixed length, median of repeats); partial rollouts (segment budget) vs none at the same
 total token budget. Prints a table and writes DIR/bench.json.
@@ -110,14 +111,15 @@ def main() -> None:
     (Path(args.out) / "bench.json").write_text(json.dumps(result, indent=1))
     levels = [k for k in res["sft"] if k != "all"]
     print(f"pipeline wall time {total:.0f} s")
-    print("| model | " + " | ".join(f"acc d{d}" for d in levels) + " | acc all | mean len |")
-    print("|---" * (len(levels) + 3) + "|")
+    print("| model | " + " | ".join(f"acc d{d}" for d in levels) + " | acc all | mean len | sampled acc |")
+    print("|---" * (len(levels) + 4) + "|")
     for m, r in res.items():
+        sampled = " / ".join(f"{r[d]['sampled_accuracy']:.3f}" for d in levels if "sampled_accuracy" in r[d])
         print(f"| {m} | " + " | ".join(f"{r[d]['accuracy']:.3f}" for d in levels)
-              + f" | {r['all']['accuracy']:.3f} | {r['all']['mean_length']:.1f} |")
+              + f" | {r['all']['accuracy']:.3f} | {r['all']['mean_length']:.1f} | {sampled} |")
     if "rl" in res:
         base = res["rl"]["all"]
-        for m in ("short_sft", "merge", "dpo", "l2s_rl"):
+        for m in ("short_sft", "merge", "shortest_sft", "dpo", "l2s_rl"):
             if m in res:
                 r = res[m]["all"]
                 print(f"long2short {m} vs rl: length {100 * (r['mean_length'] / base['mean_length'] - 1):+.1f}%, "

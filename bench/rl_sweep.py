@@ -7,7 +7,8 @@ RUN_DIR is a pipeline directory whose `sft` stage has finished (e.g. from bench/
 read. The RL trainer starts from that checkpoint with the preset's RL config plus `--rl` overrides, on the
 training problems of `--difficulties`, and stops when its process CPU time reaches `--budget-s` (the
 evaluations are not counted). Every `--every` iterations it prints the greedy held-out accuracy per
-difficulty, so one run shows whether and when RL moves it; one thread.
+difficulty (and with `--samples N` the sampled accuracy, N responses per problem at the RL temperature),
+so one run shows whether and when RL moves it; one thread.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=900.0, help="CPU seconds of RL (evaluations excluded)")
     ap.add_argument("--every", type=int, default=20)
     ap.add_argument("--n-eval", type=int, default=64)
+    ap.add_argument("--samples", type=int, default=0, help="also sampled accuracy, this many per problem")
     ap.add_argument("--rl", default="{}", help="JSON overrides of the preset's RLConfig")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -49,8 +51,11 @@ def main() -> None:
 
     def held_out() -> dict[str, float]:
         model.eval()
-        res = evaluate(model, pipe.held_out, pipe.codec, pipe.eval_max_new)
-        return {k: round(v["accuracy"], 3) for k, v in res.items()}
+        res = evaluate(model, pipe.held_out, pipe.codec, pipe.eval_max_new, samples=args.samples,
+                       temperature=trainer.cfg.temperature, seed=cfg.seed + 11)
+        out = {k: round(v["accuracy"], 3) for k, v in res.items()}
+        out.update({f"{k}_sampled": round(v["sampled_accuracy"], 3) for k, v in res.items() if args.samples})
+        return out
 
     print(json.dumps({"iteration": 0, "cpu_s": 0.0, "held_out": held_out()}), flush=True)
     cpu = 0.0

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _cfg(**rl):
     return PipelineConfig.preset(
         "debug", n_train=64, n_eval_per_difficulty=4, sft_steps=6, sft_batch=8, short_sft_steps=3,
-        dpo_prompts=4, dpo_samples=2, dpo_steps=2, l2s_iterations=1,
+        l2s_prompts=4, l2s_samples=2, shortest_sft_steps=2, dpo_steps=2, l2s_iterations=1,
         rl={"iterations": 3, "prompts_per_iter": 2, "samples_per_prompt": 2, "max_new_tokens": 24,
             "segment_tokens": 10, "minibatch": 8, **rl},
     )
@@ -135,3 +135,33 @@ def test_pipeline_sft_resumes_from_its_progress_checkpoint(tmp_path, monkeypatch
     steps = [r["iteration"] for r in json.loads("[" + ",".join(
         (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) + "]") if r["stage"] == "sft"]
     assert steps == [0, 10, 11]  # step 10 was logged before the kill and again after: kept once
+
+
+def test_shortest_sft_trains_on_each_prompts_shortest_correct_sample(tmp_path, monkeypatch):
+    cfg = _cfg()
+    p = Pipeline(cfg, tmp_path, progress=False)
+    p.run(("sft", "rl"))
+    probs = p.train_set[: cfg.l2s_prompts]
+    enc = p.codec.response_ids
+    right = [enc(q.long_solution) for q in probs]
+    short_right = [enc(f"Answer: {q.answer}") for q in probs]
+    wrong_shorter = enc("Answer: x")
+    # prompt 0: shortest correct is the short one; 1: only the long one is correct; 2: none; 3: the two
+    samples = [[right[0], short_right[0]], [wrong_shorter, right[1]], [wrong_shorter, wrong_shorter],
+               [short_right[3], right[3]]]
+    (tmp_path / "long_samples.json").write_text(json.dumps({"samples": samples}))
+    seen = {}
+    monkeypatch.setattr(Pipeline, "_sft", lambda self, stage, model, data, steps, **info: seen.update(
+        stage=stage, data=data, steps=steps, info=info))
+    p.stage_shortest_sft()
+    assert seen["stage"] == "shortest_sft" and seen["steps"] == cfg.shortest_sft_steps
+    expect = [(p.codec.prompt_ids(probs[i].prompt), r) for i, r in
+              ((0, short_right[0]), (1, right[1]), (3, short_right[3]))]
+    assert seen["data"] == expect
+    assert seen["info"]["kept"] == 3
+    # DPO reads the same draw: chosen = shortest correct, rejected = the wrong ones and the much longer
+    from muonext.rl.stages import dpo_pairs_from_samples
+
+    pairs, shortest = dpo_pairs_from_samples(*p._long_samples(), p.codec)
+    assert [r for _, r in shortest] == [r for _, r in expect]
+    assert (p.codec.prompt_ids(probs[1].prompt), right[1], wrong_shorter) in pairs

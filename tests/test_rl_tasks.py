@@ -35,6 +35,15 @@ def test_every_problem_verifies_against_its_own_solutions(difficulty):
         assert p.difficulty == difficulty
         long_lines, short_lines = p.long_solution.splitlines(), p.short_solution.splitlines()
         assert long_lines[-1] == short_lines[-1] == f"Answer: {p.answer}", f"{i=} {p=}"
+        n_steps = len(short_lines) - 1
+        # the re-check, when there is one, repeats each step's work and equation without the prose
+        if tasks.rechecks(p.prompt):
+            check = long_lines[-n_steps - 2 : -2]
+            assert long_lines[-n_steps - 3] == tasks.RECHECK_OPEN and long_lines[-2] == tasks.RECHECK_CLOSE
+            assert all(c.endswith(f"{eq}.") for c, eq in zip(check, short_lines))
+            long_lines = long_lines[: -n_steps - 3] + long_lines[-1:]
+        else:
+            assert tasks.RECHECK_OPEN not in p.long_solution
         # the short form is the long form's equations without the column work and the prose
         assert len(short_lines) == len(long_lines) - 2 and len(p.short_solution) < len(p.long_solution) / 2
         for eq, line in zip(short_lines[:-1], long_lines[1:-2]):
@@ -75,6 +84,18 @@ def test_column_work_computes_every_sum_and_difference():
     assert column_work("-", 15, 75) == "15 - 75 = -(75 - 15); 75 - 15: 5-5=0, 7-1=6"
 
 
+def test_recheck_share_and_what_it_adds():
+    problems = generate_problems(3000, (1, 2, 3), seed=5)
+    share = sum(tasks.rechecks(p.prompt) for p in problems) / len(problems)
+    assert abs(share - tasks.RECHECK_PERCENT / 100) < 0.03  # 3000 draws: 3 standard errors ≈ 0.027
+    # the re-check redoes the column work too (it is what long2short should learn to leave out)
+    for p in problems:
+        if tasks.rechecks(p.prompt):
+            first, check = p.long_solution.split(tasks.RECHECK_OPEN)
+            check = check.split(tasks.RECHECK_CLOSE)[0]
+            assert check.count(": ") == first.count(": ") and check.count("=") == first.count("=")
+
+
 def test_difficulty_controls_size():
     for d, level in LEVELS.items():
         for p in generate_problems(50, d, seed=0):
@@ -94,9 +115,13 @@ def test_render_and_evaluate_hand_examples():
     assert evaluate(tree) == 5
     assert tasks._render(("+", ("*", 2, 3), 4)) == "2 * 3 + 4"
     assert tasks._render(("*", ("+", 2, 3), 4)) == "(2 + 3) * 4"
-    long, short, value = tasks._solutions(("*", ("+", 2, 3), 4))
+    long, short, value = tasks._solutions(("*", ("+", 2, 3), 4), recheck=False)
     assert value == 20 and short == "2 + 3 = 5\n5 * 4 = 20\nAnswer: 20"
     assert long.splitlines()[1] == "2 + 3 = 5, so the expression becomes 5 * 4."
+    rechecked, _, _ = tasks._solutions(("*", ("+", 12, 3), 4), recheck=True)
+    assert rechecked.splitlines()[-5:] == [
+        "Let me check each step again.", "12 + 3: 2+3=5, 1+0=1. 12 + 3 = 15.", "15 * 4 = 60.",
+        "The steps check out.", "Answer: 60"]
 
 
 def test_bad_difficulty():

@@ -51,11 +51,17 @@ def test_minibatches_keep_groups_whole_and_reset_optimizer():
     from muonext.rl.rollout import Trajectory
 
     done = [Trajectory(p, f"g{p}", [2], [3], 0, 0, 1, "finished") for p in range(3) for _ in range(3)]
-    batches = trainer._minibatches(done)
+    batches = trainer._minibatches(done, range(9))
     assert sorted(j for b in batches for j in b) == list(range(9))
     for b in batches:
         groups = {done[j].group for j in b}
         assert all(sum(done[j].group == g for j in b) == 3 for g in groups), batches
+    # skip_uniform_groups: only the group whose rewards differ (g1) takes gradient
+    rewards = [1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    assert trainer._trained(done, rewards) == list(range(9))
+    trainer.cfg = cfg.replace(skip_uniform_groups=True)
+    assert trainer._trained(done, rewards) == [3, 4, 5]
+    trainer.cfg = cfg
     first = trainer.optimizer
     trainer.step()
     assert trainer.optimizer is not first  # reset at the start of the iteration

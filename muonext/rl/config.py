@@ -59,6 +59,9 @@ class RLConfig:
     grad_steps: int = 2
     minibatch: int = 32
     reset_optimizer: bool = True
+    # leave out of the gradient passes the groups whose samples all got the same reward: r − r̄ = 0, so
+    # their only gradient is the τ term's pull back to π_i (zero on the first pass). Off: the paper's loss
+    skip_uniform_groups: bool = False
     partial_grad: str = "all"  # see rollout.py: which tokens of a multi-iteration trajectory take gradient
     max_grad_norm: float = 1.0
     # length reward (weight 0 = off) after `length_warmup` iterations
@@ -104,10 +107,12 @@ class PipelineConfig:
     short_sft_steps: int = 60
     # RL
     rl: RLConfig = field(default_factory=RLConfig)
-    # long2short
+    # long2short. Shortest rejection sampling and DPO share one draw: `l2s_samples` responses at T = 1
+    # from the long (RL) model for each of the first `l2s_prompts` training problems
     merge_ratio: float = 0.5
-    dpo_samples: int = 4
-    dpo_prompts: int = 64
+    l2s_samples: int = 4
+    l2s_prompts: int = 64
+    shortest_sft_steps: int = 40  # SFT of the long model on the shortest correct samples
     dpo_steps: int = 20
     dpo_beta: float = 0.1
     # Muon's update has a fixed RMS whatever the gradient's size: at 1e-3 a few dozen noisy pairs wipe the
@@ -117,6 +122,9 @@ class PipelineConfig:
     l2s_length_weight: float = 0.5
     l2s_max_new_tokens: int = 0  # 0: 3/4 of rl.max_new_tokens
     eval_max_new_tokens: int = 0  # 0: rl.max_new_tokens
+    # the SFT and RL models are also scored by sampling this many responses per held-out problem at the
+    # RL temperature (0: greedy only)
+    eval_samples: int = 4
     stage_checkpoint_every: int = 100  # steps between mid-stage checkpoints of SFT / DPO (resume points)
     seed: int = 0
 
@@ -126,10 +134,10 @@ class PipelineConfig:
         self.difficulties = tuple(int(d) for d in self.difficulties)
         if not self.difficulties or min(self.difficulties) < 1:
             raise ValueError(f"PipelineConfig.difficulties must be levels >= 1, got {self.difficulties}")
-        _positive(self, "n_train", "n_eval_per_difficulty", "sft_batch", "sft_lr", "dpo_samples",
-                  "dpo_prompts", "dpo_beta", "dpo_lr", "stage_checkpoint_every")
-        _non_negative(self, "sft_steps", "short_sft_steps", "dpo_steps", "l2s_iterations", "l2s_length_weight",
-                      "l2s_max_new_tokens", "eval_max_new_tokens")
+        _positive(self, "n_train", "n_eval_per_difficulty", "sft_batch", "sft_lr", "l2s_samples",
+                  "l2s_prompts", "dpo_beta", "dpo_lr", "stage_checkpoint_every")
+        _non_negative(self, "sft_steps", "short_sft_steps", "shortest_sft_steps", "dpo_steps", "l2s_iterations",
+                      "l2s_length_weight", "l2s_max_new_tokens", "eval_max_new_tokens", "eval_samples")
         if not 0.0 <= self.merge_ratio <= 1.0:
             raise ValueError(f"PipelineConfig.merge_ratio must be in [0, 1], got {self.merge_ratio}")
 
@@ -156,9 +164,11 @@ def _debug() -> PipelineConfig:
         sft_steps=400,
         sft_batch=32,
         short_sft_steps=40,
-        rl=RLConfig(iterations=6, prompts_per_iter=8, samples_per_prompt=4, max_new_tokens=144,
-                    segment_tokens=48, grad_steps=2, minibatch=32, lr=1e-4, tau=0.1, curriculum_ramp=3),
-        dpo_prompts=32,
+        # level-2 long solutions are up to 253 characters with the re-check
+        rl=RLConfig(iterations=6, prompts_per_iter=8, samples_per_prompt=4, max_new_tokens=256,
+                    segment_tokens=64, grad_steps=2, minibatch=32, lr=1e-4, tau=0.1, curriculum_ramp=3),
+        l2s_prompts=32,
+        shortest_sft_steps=10,
         dpo_steps=8,
         l2s_iterations=2,
     )
@@ -180,10 +190,11 @@ def _tiny() -> PipelineConfig:
         # the short model (bare-equation solutions, from the RL model): 120 steps left it 16 points below
         # the long model on d2; 400 put it 9 points above at a third of the length (bench/RESULTS.md)
         short_sft_steps=400,
-        # long solutions with column work: up to 134 characters on level 2 and 250 on level 3
-        rl=RLConfig(iterations=40, prompts_per_iter=16, samples_per_prompt=4, max_new_tokens=256,
+        # long solutions with column work and the re-check: up to 253 characters on level 2, 440 on level 3
+        rl=RLConfig(iterations=40, prompts_per_iter=16, samples_per_prompt=4, max_new_tokens=448,
                     segment_tokens=64, grad_steps=2, minibatch=32, lr=1e-4, tau=0.1, curriculum_ramp=10),
-        dpo_prompts=128,
+        l2s_prompts=512,
+        shortest_sft_steps=80,
         dpo_steps=30,
         l2s_iterations=8,
     )

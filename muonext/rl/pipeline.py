@@ -7,11 +7,14 @@ Stages, each writing DIR/<stage>/ and a `done.json` when complete (a finished st
                  replay buffer, RNGs): an interrupted run resumes from the last one;
 * ``short_sft``  the RL (long-CoT) model fine-tuned on the short solutions (the "short model");
 * ``merge``      long2short by weight merging: ratio·θ_long + (1 − ratio)·θ_short;
-* ``dpo``        long2short by shortest rejection sampling + DPO: k samples per prompt from the long
-                 model, chosen = shortest correct, rejected = wrong or ≥1.5× longer;
+* ``shortest_sft`` long2short by shortest rejection sampling: n samples per prompt from the long model
+                 (DIR/long_samples.json), the long model fine-tuned on the shortest correct one of each;
+* ``dpo``        long2short by DPO on the same samples: chosen = shortest correct, rejected = wrong or
+                 ≥1.5× longer, the long model as reference;
 * ``l2s_rl``     long2short RL: RL from the long model with the length reward from iteration 0 and a
                  shorter max length;
-* ``eval``       greedy held-out accuracy and response length per difficulty of every model.
+* ``eval``       greedy held-out accuracy and response length per difficulty of every model, and for
+                 the SFT and RL models the sampled accuracy (pass@1 at the RL temperature).
 
 DIR/metrics.jsonl has one object per logged point with `stage`, `iteration`, `reward`, `accuracy`,
 `mean_length` (+ stage-specific fields); DIR/plots/*.png are drawn from it; DIR/summary.json holds the
@@ -45,7 +48,7 @@ from .tasks import Problem, generate_problems
 from .text_codec import CharCodec
 from .trainer import RLTrainer
 
-STAGES = ("sft", "rl", "short_sft", "merge", "dpo", "l2s_rl", "eval")
+STAGES = ("sft", "rl", "short_sft", "merge", "shortest_sft", "dpo", "l2s_rl", "eval")
 REQUIRED = ("stage", "iteration", "reward", "accuracy", "mean_length")
 
 
@@ -155,7 +158,7 @@ class Pipeline:
         found = list_checkpoints(ckpts.root)
         return ckpts, found[-1][0] if found else 0
 
-    def _sft(self, stage: str, model, responses: list[tuple[list[int], list[int]]], steps: int) -> None:
+    def _sft(self, stage: str, model, responses: list[tuple[list[int], list[int]]], steps: int, **info: Any) -> None:
         ckpts, start = self._progress(stage)
         self.metrics.drop(stage, start)
         log = self._log(stage)
@@ -163,7 +166,7 @@ class Pipeline:
                   log=lambda s, loss: log({"iteration": s, "loss": loss, "reward": None, "accuracy": None,
                                            "mean_length": None}),
                   progress=stage if self.progress else None, checkpoints=ckpts)
-        self._finish(stage, model, steps)
+        self._finish(stage, model, steps, **info)
 
     def stage_sft(self) -> None:
         model = build_model(self.cfg, self.codec)
@@ -196,15 +199,39 @@ class Pipeline:
         long_m.load_state_dict(merge_state_dicts(long_m.state_dict(), short_m.state_dict(), self.cfg.merge_ratio))
         self._finish("merge", long_m, 0, ratio=self.cfg.merge_ratio)
 
+    def _long_samples(self) -> tuple[list[Problem], list[list[list[int]]]]:
+        """The long (RL) model's `l2s_samples` responses at T = 1 to the first `l2s_prompts` training
+        problems: drawn once, kept in DIR/long_samples.json (token ids), shared by shortest rejection
+        sampling and DPO."""
+        cfg, path = self.cfg, self.out / "long_samples.json"
+        problems = self.train_set[: cfg.l2s_prompts]
+        if path.exists():
+            return problems, json.loads(path.read_text())["samples"]
+        gen = torch.Generator().manual_seed(cfg.seed + 3)
+        samples = sample_responses(self.load("rl"), problems, self.codec, cfg.l2s_samples, self.rl_max_new, 1.0, gen)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"samples": samples}))
+        tmp.replace(path)  # atomic: a killed run never leaves half a file
+        return problems, samples
+
+    def stage_shortest_sft(self) -> None:
+        """Shortest rejection sampling: the long model fine-tuned on its own shortest correct responses."""
+        problems, samples = self._long_samples()
+        _, shortest = dpo_pairs_from_samples(problems, samples, self.codec)
+        if not shortest:  # no correct sample: nothing to learn from, the long model stays as it is (as in DPO)
+            self._finish("shortest_sft", self.load("rl"), 0, kept=0)
+            return
+        data = [(self.codec.prompt_ids(p.prompt), r) for p, r in shortest]
+        self._sft("shortest_sft", self.load("rl"), data, self.cfg.shortest_sft_steps, kept=len(shortest),
+                  kept_mean_length=sum(len(r) for _, r in shortest) / len(shortest))
+
     def stage_dpo(self) -> None:
         cfg = self.cfg
         ckpts, start = self._progress("dpo")
         self.metrics.drop("dpo", start + 1 if start else 0)
         model, ref = self.load("rl"), self.load("rl")
         ref.eval()
-        problems = self.train_set[: cfg.dpo_prompts]
-        gen = torch.Generator().manual_seed(cfg.seed + 3)
-        samples = sample_responses(model, problems, self.codec, cfg.dpo_samples, self.rl_max_new, 1.0, gen)
+        problems, samples = self._long_samples()
         pairs, shortest = dpo_pairs_from_samples(problems, samples, self.codec)
         log = self._log("dpo")
         if not start:
@@ -230,13 +257,17 @@ class Pipeline:
     def stage_eval(self) -> None:
         self.metrics.drop("eval")
         results = {}
-        for name in ("sft", "rl", "merge", "dpo", "l2s_rl", "short_sft"):
+        for name in ("sft", "rl", "merge", "shortest_sft", "dpo", "l2s_rl", "short_sft"):
             if self._done(name) is None:
                 continue
-            res = evaluate(self.load(name), self.held_out, self.codec, self.eval_max_new)
+            n = self.cfg.eval_samples if name in ("sft", "rl") else 0
+            res = evaluate(self.load(name), self.held_out, self.codec, self.eval_max_new, samples=n,
+                           temperature=self.cfg.rl.temperature, seed=self.cfg.seed + 11)
             results[name] = res
             flat = {f"accuracy_d{k}": v["accuracy"] for k, v in res.items() if k != "all"}
             flat.update({f"mean_length_d{k}": v["mean_length"] for k, v in res.items() if k != "all"})
+            flat.update({f"sampled_accuracy_d{k}": v["sampled_accuracy"] for k, v in res.items()
+                         if k != "all" and "sampled_accuracy" in v})
             self.metrics.log({"stage": "eval", "model": name, "iteration": 0, "reward": res["all"]["accuracy"],
                               "accuracy": res["all"]["accuracy"], "mean_length": res["all"]["mean_length"], **flat})
         (self.out / "eval").mkdir(exist_ok=True)

@@ -171,18 +171,37 @@ def sample_responses(
 
 
 def evaluate(
-    model: torch.nn.Module, problems: Sequence[Problem], codec: CharCodec, max_new_tokens: int
+    model: torch.nn.Module,
+    problems: Sequence[Problem],
+    codec: CharCodec,
+    max_new_tokens: int,
+    samples: int = 0,
+    temperature: float = 1.0,
+    seed: int = 0,
 ) -> dict[str, dict[str, float]]:
-    """Greedy accuracy and mean response length (tokens) per difficulty, and "all"."""
+    """Greedy accuracy and mean response length (tokens) per difficulty, and "all". With `samples` > 0
+    also "sampled_accuracy": the mean correctness of that many responses per problem at `temperature`
+    (pass@1 of the sampling policy RL trains, which greedy decoding is not), from a generator seeded
+    with `seed`."""
     responses = sample_responses(model, problems, codec, 1, max_new_tokens, temperature=0.0)
-    acc, lens = defaultdict(list), defaultdict(list)
-    for p, (toks,) in zip(problems, responses):
+    acc, lens, sampled = defaultdict(list), defaultdict(list), defaultdict(list)
+    keys = [(str(p.difficulty), "all") for p in problems]
+    for p, key, (toks,) in zip(problems, keys, responses):
         ok = verify(codec.decode(toks), p.answer)
-        for key in (str(p.difficulty), "all"):
-            acc[key].append(ok)
-            lens[key].append(len(toks))
-    return {k: {"accuracy": sum(acc[k]) / len(acc[k]), "mean_length": sum(lens[k]) / len(lens[k]),
-                "n": len(acc[k])} for k in acc}
+        for k in key:
+            acc[k].append(ok)
+            lens[k].append(len(toks))
+    if samples:
+        gen = torch.Generator().manual_seed(seed)
+        drawn = sample_responses(model, problems, codec, samples, max_new_tokens, temperature, gen)
+        for p, key, rs in zip(problems, keys, drawn):
+            for k in key:
+                sampled[k] += [verify(codec.decode(r), p.answer) for r in rs]
+    out = {k: {"accuracy": sum(acc[k]) / len(acc[k]), "mean_length": sum(lens[k]) / len(lens[k]),
+               "n": len(acc[k])} for k in acc}
+    for k, oks in sampled.items():
+        out[k]["sampled_accuracy"] = sum(oks) / len(oks)
+    return out
 
 
 def dpo_train(

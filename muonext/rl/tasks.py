@@ -16,6 +16,12 @@ The column work is what lets the 3-layer character-level model of the `tiny` RL 
 subtract: writing `48 + 84 = 132` at once, its SFT reached 55% on two-digit sums, and with the columns
 98% (bench/RESULTS.md, RL run 5). Products are still written in one line.
 
+For 60% of prompts (a hash of the prompt decides) the long solution then re-checks: every step's work
+and equation again, between "Let me check each step again." and "The steps check out.". This is the
+overthinking k1.5's long2short methods exist for. It is 41–47% of the length of the solutions that have
+it and adds nothing, since the first pass already holds the answer. A long2short method that learns to
+leave it out gets shorter at no cost; one that also cuts the column work loses accuracy (RL run 5).
+
 JSONL problem sets hold one object per line with at least ``prompt``, ``answer`` and ``difficulty``.
 """
 
@@ -23,12 +29,17 @@ from __future__ import annotations
 
 import json
 import random
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 ANSWER_PREFIX = "Answer: "
 PROMPT_TEMPLATE = "What is {expr}?"
+# The redundant re-check of some long solutions (see the module docstring): the part long2short removes.
+RECHECK_PERCENT = 60
+RECHECK_OPEN = "Let me check each step again."
+RECHECK_CLOSE = "The steps check out."
 
 
 @dataclass(frozen=True)
@@ -149,20 +160,30 @@ def column_work(op: str, a: int, b: int) -> str:
     return f"{head} = -({y} - {x}); {y} - {x}: {_column_sub(y, x)}"
 
 
-def _solutions(e: Expr) -> tuple[str, str, int]:
+def rechecks(prompt: str) -> bool:
+    """Whether the long solution of `prompt` re-checks its steps: for RECHECK_PERCENT % of prompts, by a
+    hash of the prompt (so the problem stream does not change and the choice looks random to the model)."""
+    return zlib.crc32(prompt.encode()) % 100 < RECHECK_PERCENT
+
+
+def _solutions(e: Expr, recheck: bool) -> tuple[str, str, int]:
     """(long, short, value). Both solutions make the same reductions, one per line: the long one works
-    each addition and subtraction digit by digit and wraps the equations in prose, the short one is the
-    bare equations."""
+    each addition and subtraction digit by digit, wraps the equations in prose and, when `recheck`,
+    repeats every step's work before the answer line; the short one is the bare equations."""
     long_lines = [f"We compute {_render(e)} step by step."]
-    short_lines = []
+    short_lines, checks = [], []
     while not isinstance(e, int):
         e, (op, a, b), step = _reduce_once(e)
         work = column_work(op, a, b)
         line = f"{step}, so the expression becomes {_render(e)}." if not isinstance(e, int) else f"{step}."
         long_lines.append(f"{work}. {line}" if work else line)
+        checks.append(f"{work}. {step}." if work else f"{step}.")
         short_lines.append(step)
     answer_line = f"{ANSWER_PREFIX}{e}"
-    long_lines += [f"So the answer is {e}.", answer_line]
+    long_lines.append(f"So the answer is {e}.")
+    if recheck:
+        long_lines += [RECHECK_OPEN, *checks, RECHECK_CLOSE]
+    long_lines.append(answer_line)
     return "\n".join(long_lines), "\n".join(short_lines + [answer_line]), e
 
 
@@ -206,10 +227,11 @@ def generate_problem(rng: random.Random, difficulty: int) -> Problem:
     else:
         numbers = [_number(rng, level.digits) for _ in range(level.n_ops + 1)]
         tree = _by_precedence(numbers, [rng.choice(level.ops) for _ in range(level.n_ops)])
-    long_solution, short_solution, value = _solutions(tree)
+    prompt = PROMPT_TEMPLATE.format(expr=_render(tree))
+    long_solution, short_solution, value = _solutions(tree, rechecks(prompt))
     assert value == evaluate(tree)
     return Problem(
-        prompt=PROMPT_TEMPLATE.format(expr=_render(tree)),
+        prompt=prompt,
         answer=str(value),
         difficulty=difficulty,
         long_solution=long_solution,

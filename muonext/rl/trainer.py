@@ -13,7 +13,8 @@ Per iteration i (`RLTrainer.step`):
     the samples of the same group (prompt × launch iteration) that finished in this iteration;
  5. log π_i(y|x) once, with the weights as they are now (= π_i: no gradient step of this iteration has
     happened yet), then `grad_steps` passes of `pmd_loss` over minibatches of whole groups (r̄ is the
-    group mean, so a group is never split);
+    group mean, so a group is never split), leaving out groups of equal rewards with
+    `skip_uniform_groups`;
  6. update the sampler's success rates with the outcomes of each prompt.
 
 State (`state_dict`) is the model, the optimizer, the sampler, the replay buffer and the RNGs; with
@@ -154,11 +155,22 @@ class RLTrainer:
         ent = token_entropy(logits, tokens, mask).item() if with_entropy else None
         return logp, ent
 
-    def _minibatches(self, done: list[Trajectory]) -> list[list[int]]:
+    def _groups(self, done: Sequence[Trajectory], members: Sequence[int]) -> list[list[int]]:
         groups = defaultdict(list)
-        for j, t in enumerate(done):
-            groups[t.group].append(j)
-        order = list(groups.values())
+        for j in members:
+            groups[done[j].group].append(j)
+        return list(groups.values())
+
+    def _trained(self, done: list[Trajectory], rewards: list[float]) -> list[int]:
+        """Indices into `done` that take gradient: all, or with `skip_uniform_groups` those of groups
+        whose rewards differ."""
+        every = range(len(done))
+        if not self.cfg.skip_uniform_groups:
+            return list(every)
+        return [j for g in self._groups(done, every) if len({rewards[i] for i in g}) > 1 for j in g]
+
+    def _minibatches(self, done: list[Trajectory], members: Sequence[int]) -> list[list[int]]:
+        order = self._groups(done, members)
         self.shuffle_rng.shuffle(order)
         batches, cur = [], []
         for g in order:
@@ -204,10 +216,11 @@ class RLTrainer:
             r_all = torch.tensor(rewards)
             gid = {g: n for n, g in enumerate(dict.fromkeys(t.group for t in done))}
             groups_all = torch.tensor([gid[t.group] for t in done])
+            trained = self._trained(done, rewards)
             self.model.train()
             last: dict[str, float] = {}
             for _ in range(cfg.grad_steps):
-                for mb in self._minibatches(done):
+                for mb in self._minibatches(done, trained):
                     idx = torch.tensor(mb)
                     logp, _ = self._forward_logp([done[j] for j in mb])
                     loss, last = pmd_loss(logp, logp_ref[idx], r_all[idx], cfg.tau, group_ids=groups_all[idx])
@@ -226,7 +239,7 @@ class RLTrainer:
                 entropy=sum(ent) / len(done), log_ratio=last.get("log_ratio_mean", 0.0),
                 log_ratio_rms=last.get("log_ratio_rms", 0.0), loss_pg=last.get("loss_pg", 0.0),
                 loss_kl=last.get("loss_kl", 0.0), reward_errors=errors,
-                segments_mean=sum(t.segments for t in done) / len(done),
+                segments_mean=sum(t.segments for t in done) / len(done), trained=len(trained),
             )
         else:
             record.update(reward=0.0, accuracy=0.0, mean_length=0.0, entropy=0.0, log_ratio=0.0,

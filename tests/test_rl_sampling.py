@@ -7,7 +7,7 @@ import pytest
 from muonext.rl.sampling import CurriculumSchedule, ProblemSampler
 
 # Chi-square critical values at p = 0.001 (independent of our code; from the standard table).
-CHI2_999 = {4: 18.467, 9: 27.877}
+CHI2_999 = {1: 10.828, 4: 18.467, 9: 27.877}
 
 
 def chi_square(counts, probs, n):
@@ -67,7 +67,8 @@ def test_prioritized_frequencies_follow_one_minus_success_rate():
 
 
 def test_priority_floor_keeps_solved_problems_in_view():
-    sampler = ProblemSampler([1] * 10, strategy="prioritized", priority_floor=0.1, ema=None, seed=3)
+    sampler = ProblemSampler([1] * 10, strategy="prioritized", priority_floor=0.1, ema=None, seed=3,
+                             unseen="zero")
     for i in range(9):
         sampler.update(i, [True, True])  # solved: weight = floor
     assert sampler.weight(0) == pytest.approx(0.1) and sampler.weight(9) == 1.0  # unseen: top priority
@@ -76,6 +77,27 @@ def test_priority_floor_keeps_solved_problems_in_view():
     probs = [0.1 / 1.9] * 9 + [1.0 / 1.9]
     counts = [draws.count(i) for i in range(10)]
     assert chi_square(counts, probs, n) < CHI2_999[9], counts
+
+
+def test_unseen_problems_take_their_levels_mean_success():
+    difficulties = [1] * 50 + [2] * 50
+    sampler = ProblemSampler(difficulties, strategy="prioritized", priority_floor=0.05, ema=None, seed=5)
+    assert sampler.weight(0) == sampler.weight(99) == 1.0  # nothing seen yet: top priority
+    for i in range(10):
+        sampler.update(i, [True] * 9 + [False])  # level 1 solved 90% of the time
+        sampler.update(50 + i, [True] + [False] * 3)  # level 2: 25%
+    assert sampler.level_rates() == pytest.approx({1: 0.9, 2: 0.25})
+    assert sampler.success_rate(30) == pytest.approx(0.9) and sampler.success_rate(80) == pytest.approx(0.25)
+    # so draws go to the levels by 0.1 : 0.75 (each level has the same number of problems)
+    n = 20000
+    draws = sampler.sample(n, 0, replacement=True)
+    hard = sum(difficulties[i] == 2 for i in draws)
+    assert chi_square([n - hard, hard], [0.1 / 0.85, 0.75 / 0.85], n) < CHI2_999[1]
+    zero = ProblemSampler(difficulties, strategy="prioritized", ema=None, unseen="zero")
+    zero.update(0, [True])
+    assert zero.success_rate(1) == 0.0 and zero.weight(1) == 1.0
+    with pytest.raises(ValueError, match="unseen"):
+        ProblemSampler(difficulties, unseen="mean")
 
 
 def test_ema_success_tracking():
@@ -100,6 +122,7 @@ def test_combined_strategy_restricts_then_weights():
         priority_floor=0.0,
         ema=None,
         seed=0,
+        unseen="zero",
     )
     sampler.update(0, [True])  # solved, weight 0: only problem 1 is left at iteration 0
     assert set(sampler.sample(500, 0, replacement=True)) == {1}

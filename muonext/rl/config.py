@@ -69,6 +69,7 @@ class RLConfig:
     length_warmup: int = 0
     # problem sampling
     sampling: str = "curriculum+prioritized"
+    sampling_unseen: str = "level"  # an unseen problem's success rate: its level's mean, or "zero"
     curriculum_ramp: int = 10
     checkpoint_every: int = 1
     seed: int = 0

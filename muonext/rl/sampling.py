@@ -6,7 +6,10 @@
 * Prioritized: sample problem i with probability ∝ max(floor, 1 − s_i), s_i its tracked success rate,
   so effort goes where the policy fails; the floor keeps solved problems in view (they can be
   forgotten). s_i is an EMA of per-iteration success (or an exact mean of all attempts with
-  ``ema=None``); a problem never seen counts as s = 0, i.e. top priority.
+  ``ema=None``). A problem never seen counts as the mean s of the seen problems of its difficulty
+  (``unseen="level"``, 0 while none is seen) or as s = 0, top priority (``unseen="zero"``). With a large
+  pool most draws are problems never seen, and "zero" would weight them all alike: the level mean is
+  what makes prioritized sampling move effort to the levels the policy fails.
 
 They combine: the curriculum restricts the pool, the priorities weight it. All randomness comes from a
 seeded `random.Random`, and `state_dict()` is plain JSON data (the RNG state included), so a resumed run
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +29,7 @@ from muonext.train.checkpoint import py_rng_state, set_py_rng_state
 
 STATE_VERSION = 1
 STRATEGIES = ("uniform", "curriculum", "prioritized", "curriculum+prioritized")
+UNSEEN = ("level", "zero")
 
 
 @dataclass(frozen=True)
@@ -86,9 +91,12 @@ class ProblemSampler:
         priority_floor: float = 0.05,
         ema: float | None = 0.3,
         seed: int = 0,
+        unseen: str = "level",
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        if unseen not in UNSEEN:
+            raise ValueError(f"unseen must be one of {UNSEEN}, got {unseen!r}")
         if not difficulties:
             raise ValueError("difficulties is empty: nothing to sample from")
         if not 0.0 <= priority_floor <= 1.0:
@@ -102,6 +110,7 @@ class ProblemSampler:
         )
         self.priority_floor = priority_floor
         self.ema = ema
+        self.unseen = unseen
         self.rng = random.Random(seed)
         self.rate: dict[int, float] = {}  # tracked success rate of seen problems
         self.attempts: dict[int, int] = {}
@@ -119,19 +128,34 @@ class ProblemSampler:
             )
         return pool
 
-    def success_rate(self, index: int) -> float:
-        return self.rate.get(index, 0.0)
+    def level_rates(self) -> dict[int, float]:
+        """Mean tracked success rate of the seen problems of each level (recomputed, in insertion order,
+        so a resumed sampler gets bit-identical weights)."""
+        sums, counts = defaultdict(float), defaultdict(int)
+        for i, r in self.rate.items():
+            sums[self.difficulties[i]] += r
+            counts[self.difficulties[i]] += 1
+        return {d: sums[d] / counts[d] for d in sums}
 
-    def weight(self, index: int) -> float:
+    def success_rate(self, index: int, level_rates: dict[int, float] | None = None) -> float:
+        if index in self.rate:
+            return self.rate[index]
+        if self.unseen == "zero":
+            return 0.0
+        levels = self.level_rates() if level_rates is None else level_rates
+        return levels.get(self.difficulties[index], 0.0)
+
+    def weight(self, index: int, level_rates: dict[int, float] | None = None) -> float:
         if "prioritized" not in self.strategy:
             return 1.0
-        return max(self.priority_floor, 1.0 - self.success_rate(index))
+        return max(self.priority_floor, 1.0 - self.success_rate(index, level_rates))
 
     def sample(self, n: int, iteration: int, replacement: bool = False) -> list[int]:
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         pool = self.pool(iteration)
-        weights = [self.weight(i) for i in pool]
+        levels = self.level_rates() if "prioritized" in self.strategy and self.unseen == "level" else {}
+        weights = [self.weight(i, levels) for i in pool]
         if sum(weights) <= 0:  # every problem solved with priority_floor=0: fall back to uniform
             weights = [1.0] * len(pool)
         if replacement or n > len(pool):
@@ -159,12 +183,13 @@ class ProblemSampler:
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"success rate must be in [0, 1], got {rate}")
         seen = self.attempts.get(index, 0)
-        if index not in self.rate:
+        old = self.rate.get(index)
+        if old is None:
             self.rate[index] = rate
         elif self.ema is None:
-            self.rate[index] = (self.rate[index] * seen + rate * count) / (seen + count)
+            self.rate[index] = (old * seen + rate * count) / (seen + count)
         else:
-            self.rate[index] += self.ema * (rate - self.rate[index])
+            self.rate[index] = old + self.ema * (rate - old)
         self.attempts[index] = seen + count
 
     # ---------------------------------------------------------------------------------- checkpoint

@@ -97,7 +97,7 @@ class RLTrainer:
         self.sampler = ProblemSampler(
             levels, strategy=cfg.sampling,
             curriculum=CurriculumSchedule(min(levels), max(levels), ramp_iters=cfg.curriculum_ramp),
-            seed=cfg.seed,
+            seed=cfg.seed, unseen=cfg.sampling_unseen,
         )
         self.buffer = ReplayBuffer(cfg.buffer_capacity, cfg.buffer_max_age)
         self.generator = torch.Generator().manual_seed(cfg.seed)

@@ -90,6 +90,8 @@ def main() -> None:
     ap.add_argument("--n-eval", type=int)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--segment-tokens", type=int, default=64,
+                    help="partial-rollout segment for the with/without comparison when the preset has none")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     over = {"seed": args.seed, "rl": {}}
@@ -107,7 +109,8 @@ def main() -> None:
     res = json.loads((Path(args.out) / "eval" / "results.json").read_text())
     result = {"config": cfg.to_dict(), "seconds": total, "eval": res,
               "throughput": throughput(p, batch=16, new_tokens=64, repeats=9),
-              "partial": partial_vs_full(p, n_traj=32, max_new=cfg.rl.max_new_tokens, segment=cfg.rl.segment_tokens)}
+              "partial": partial_vs_full(p, n_traj=32, max_new=cfg.rl.max_new_tokens,
+                                         segment=cfg.rl.segment_tokens or args.segment_tokens)}
     (Path(args.out) / "bench.json").write_text(json.dumps(result, indent=1))
     levels = [k for k in res["sft"] if k != "all"]
     print(f"pipeline wall time {total:.0f} s")

@@ -4,7 +4,7 @@
         --rl '{"optimizer": "adamw", "lr": 1e-5, "samples_per_prompt": 8, "segment_tokens": 0}'
 
 RUN_DIR is a pipeline directory whose `sft` stage has finished (e.g. from bench/rl_arith.py); it is only
-read. The RL trainer starts from that checkpoint with the preset's RL config plus `--rl` overrides, on the
+read. `--start CKPT` starts from another checkpoint of the same model instead (a mid-SFT one). The RL trainer starts from that checkpoint with the preset's RL config plus `--rl` overrides, on the
 training problems of `--difficulties`, and stops when its process CPU time reaches `--budget-s` (the
 evaluations are not counted). Every `--every` iterations it prints the greedy held-out accuracy per
 difficulty (and with `--samples N` the sampled accuracy, N responses per problem at the RL temperature),
@@ -24,10 +24,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from muonext.rl.config import PipelineConfig
-from muonext.rl.pipeline import Pipeline
+from muonext.rl.pipeline import Pipeline, build_model
 from muonext.rl.stages import evaluate
 from muonext.rl.task_adapter import MathTask
 from muonext.rl.trainer import RLTrainer
+from muonext.train.checkpoint import load_checkpoint
 
 
 def main() -> None:
@@ -40,12 +41,16 @@ def main() -> None:
     ap.add_argument("--n-eval", type=int, default=64)
     ap.add_argument("--samples", type=int, default=0, help="also sampled accuracy, this many per problem")
     ap.add_argument("--rl", default="{}", help="JSON overrides of the preset's RLConfig")
+    ap.add_argument("--start", help="a checkpoint directory to start from instead of the finished SFT stage "
+                                    "(e.g. RUN_DIR/sft/progress/step_00000800, a mid-SFT model)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     levels = {int(x) for x in args.difficulties.split(",")}
     cfg = PipelineConfig.preset(args.preset, n_eval_per_difficulty=args.n_eval)
     pipe = Pipeline(cfg, args.run_dir, progress=False)
-    model = pipe.load("sft")
+    model = pipe.load("sft") if args.start is None else build_model(cfg, pipe.codec)
+    if args.start is not None:
+        model.load_state_dict(load_checkpoint(args.start).model_state())
     tasks = [MathTask(q) for q in pipe.train_set if q.difficulty in levels]
     trainer = RLTrainer(model, tasks, cfg.rl.replace(**{"iterations": 10**9, **json.loads(args.rl)}), pipe.codec)
 

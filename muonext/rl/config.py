@@ -191,13 +191,16 @@ def _tiny() -> PipelineConfig:
         # the short model (bare-equation solutions, from the RL model): 120 steps left it 16 points below
         # the long model on d2; 400 put it 9 points above at a third of the length (bench/RESULTS.md)
         short_sft_steps=400,
-        # long solutions with column work and the re-check: up to 253 characters on level 2, 440 on level 3
-        rl=RLConfig(iterations=40, prompts_per_iter=16, samples_per_prompt=4, max_new_tokens=448,
-                    segment_tokens=64, grad_steps=2, minibatch=32, lr=1e-4, tau=0.1, curriculum_ramp=10),
+        # long solutions with column work and the re-check: up to 253 characters on level 2, 440 on level 3.
+        # About 15 CPU-minutes of RL (the benchmark's budget). No partial rollouts: on a CPU re-prefilling
+        # the continued trajectories costs more than it saves (bench/RESULTS.md); the debug preset has them
+        rl=RLConfig(iterations=150, prompts_per_iter=16, samples_per_prompt=8, max_new_tokens=448,
+                    segment_tokens=0, grad_steps=2, minibatch=32, lr=1e-4, tau=0.1, curriculum_ramp=10,
+                    skip_uniform_groups=True),
         l2s_prompts=512,
         shortest_sft_steps=80,
         dpo_steps=30,
-        l2s_iterations=8,
+        l2s_iterations=20,
     )
 
 

@@ -151,10 +151,11 @@ def test_shortest_sft_trains_on_each_prompts_shortest_correct_sample(tmp_path, m
                [short_right[3], right[3]]]
     (tmp_path / "long_samples.json").write_text(json.dumps({"samples": samples}))
     seen = {}
-    monkeypatch.setattr(Pipeline, "_sft", lambda self, stage, model, data, steps, **info: seen.update(
-        stage=stage, data=data, steps=steps, info=info))
+    monkeypatch.setattr(Pipeline, "_sft", lambda self, stage, model, data, steps, lr, **info: seen.update(
+        stage=stage, data=data, steps=steps, lr=lr, info=info))
     p.stage_shortest_sft()
     assert seen["stage"] == "shortest_sft" and seen["steps"] == cfg.shortest_sft_steps
+    assert seen["lr"] == cfg.shortest_sft_lr
     expect = [(p.codec.prompt_ids(probs[i].prompt), r) for i, r in
               ((0, short_right[0]), (1, right[1]), (3, short_right[3]))]
     assert seen["data"] == expect

@@ -114,6 +114,8 @@ class PipelineConfig:
     l2s_samples: int = 4
     l2s_prompts: int = 64
     shortest_sft_steps: int = 40  # SFT of the long model on the shortest correct samples
+    # at the warm start's 3e-3 it lost 12.5 points; at 3e-4 none (bench/RESULTS.md, RL run 6)
+    shortest_sft_lr: float = 3e-4
     dpo_steps: int = 20
     dpo_beta: float = 0.1
     # Muon's update has a fixed RMS whatever the gradient's size: at 1e-3 a few dozen noisy pairs wipe the
@@ -135,8 +137,8 @@ class PipelineConfig:
         self.difficulties = tuple(int(d) for d in self.difficulties)
         if not self.difficulties or min(self.difficulties) < 1:
             raise ValueError(f"PipelineConfig.difficulties must be levels >= 1, got {self.difficulties}")
-        _positive(self, "n_train", "n_eval_per_difficulty", "sft_batch", "sft_lr", "l2s_samples",
-                  "l2s_prompts", "dpo_beta", "dpo_lr", "stage_checkpoint_every")
+        _positive(self, "n_train", "n_eval_per_difficulty", "sft_batch", "sft_lr", "shortest_sft_lr",
+                  "l2s_samples", "l2s_prompts", "dpo_beta", "dpo_lr", "stage_checkpoint_every")
         _non_negative(self, "sft_steps", "short_sft_steps", "shortest_sft_steps", "dpo_steps", "l2s_iterations",
                       "l2s_length_weight", "l2s_max_new_tokens", "eval_max_new_tokens", "eval_samples")
         if not 0.0 <= self.merge_ratio <= 1.0:

@@ -158,11 +158,13 @@ class Pipeline:
         found = list_checkpoints(ckpts.root)
         return ckpts, found[-1][0] if found else 0
 
-    def _sft(self, stage: str, model, responses: list[tuple[list[int], list[int]]], steps: int, **info: Any) -> None:
+    def _sft(self, stage: str, model, responses: list[tuple[list[int], list[int]]], steps: int,
+             lr: float | None = None, **info: Any) -> None:
         ckpts, start = self._progress(stage)
         self.metrics.drop(stage, start)
         log = self._log(stage)
-        sft_train(model, responses, steps, self.cfg.sft_batch, self.cfg.sft_lr, self.cfg.seed, self.codec.pad_id,
+        lr = self.cfg.sft_lr if lr is None else lr
+        sft_train(model, responses, steps, self.cfg.sft_batch, lr, self.cfg.seed, self.codec.pad_id,
                   log=lambda s, loss: log({"iteration": s, "loss": loss, "reward": None, "accuracy": None,
                                            "mean_length": None}),
                   progress=stage if self.progress else None, checkpoints=ckpts)
@@ -222,8 +224,8 @@ class Pipeline:
             self._finish("shortest_sft", self.load("rl"), 0, kept=0)
             return
         data = [(self.codec.prompt_ids(p.prompt), r) for p, r in shortest]
-        self._sft("shortest_sft", self.load("rl"), data, self.cfg.shortest_sft_steps, kept=len(shortest),
-                  kept_mean_length=sum(len(r) for _, r in shortest) / len(shortest))
+        self._sft("shortest_sft", self.load("rl"), data, self.cfg.shortest_sft_steps, self.cfg.shortest_sft_lr,
+                  kept=len(shortest), kept_mean_length=sum(len(r) for _, r in shortest) / len(shortest))
 
     def stage_dpo(self) -> None:
         cfg = self.cfg

@@ -31,7 +31,8 @@ def write_plots(out: str | Path) -> list[Path]:
         ax.set_title(key)
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.lines:  # a run stopped before RL has nothing to label
+            ax.legend(fontsize=7)
     axes.flat[-1].axis("off")
     fig.tight_layout()
     written.append(plots / "rl.png")
@@ -39,7 +40,7 @@ def write_plots(out: str | Path) -> list[Path]:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for stage in ("sft", "short_sft"):
+    for stage in ("sft", "short_sft", "shortest_sft"):
         pts = [(r["iteration"], r["loss"]) for r in records if r["stage"] == stage and "loss" in r]
         if pts:
             ax.plot(*zip(*pts), label=stage)

@@ -166,3 +166,30 @@ def test_shortest_sft_trains_on_each_prompts_shortest_correct_sample(tmp_path, m
     pairs, shortest = dpo_pairs_from_samples(*p._long_samples(), p.codec)
     assert [r for _, r in shortest] == [r for _, r in expect]
     assert (p.codec.prompt_ids(probs[1].prompt), right[1], wrong_shorter) in pairs
+
+
+def test_evaluate_scores_greedy_and_sampled_responses_per_level(monkeypatch):
+    from muonext.rl import stages
+    from muonext.rl.tasks import Problem
+    from muonext.rl.text_codec import CharCodec
+
+    codec = CharCodec()
+    problems = [Problem("What is 1 + 1?", "2", 1), Problem("What is 2 + 2?", "4", 1), Problem("What is 9 + 9?", "18", 2)]
+    right = [codec.response_ids(f"Answer: {q.answer}") for q in problems]
+    wrong = codec.response_ids("Answer: 7")
+    calls = []
+
+    def fake(model, probs, codec_, n, max_new, temperature, generator=None, batch=64):
+        calls.append((n, temperature, generator is not None))
+        if temperature == 0.0:  # greedy: problem 0 right, 1 wrong, 2 right
+            return [[right[0]], [wrong], [right[2]]]
+        return [[right[0], wrong, right[0], right[0]], [wrong] * 4, [right[2], wrong, wrong, wrong]]
+
+    monkeypatch.setattr(stages, "sample_responses", fake)
+    res = stages.evaluate(None, problems, codec, 32, samples=4, temperature=0.7, seed=3)
+    assert calls == [(1, 0.0, False), (4, 0.7, True)]
+    assert res["1"]["accuracy"] == 0.5 and res["2"]["accuracy"] == 1.0 and res["all"]["accuracy"] == 2 / 3
+    assert res["1"]["sampled_accuracy"] == 3 / 8 and res["2"]["sampled_accuracy"] == 1 / 4
+    assert res["all"]["sampled_accuracy"] == 4 / 12
+    assert res["1"]["mean_length"] == (len(right[0]) + len(wrong)) / 2
+    assert "sampled_accuracy" not in stages.evaluate(None, problems, codec, 32)["all"]

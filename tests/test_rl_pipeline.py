@@ -166,6 +166,9 @@ def test_shortest_sft_trains_on_each_prompts_shortest_correct_sample(tmp_path, m
     pairs, shortest = dpo_pairs_from_samples(*p._long_samples(), p.codec)
     assert [r for _, r in shortest] == [r for _, r in expect]
     assert (p.codec.prompt_ids(probs[1].prompt), right[1], wrong_shorter) in pairs
+    (tmp_path / "long_samples.json").write_text(json.dumps({"samples": samples[:3]}))
+    with pytest.raises(ValueError, match="another configuration"):
+        p._long_samples()
 
 
 def test_evaluate_scores_greedy_and_sampled_responses_per_level(monkeypatch):

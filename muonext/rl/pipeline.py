@@ -208,7 +208,13 @@ class Pipeline:
         cfg, path = self.cfg, self.out / "long_samples.json"
         problems = self.train_set[: cfg.l2s_prompts]
         if path.exists():
-            return problems, json.loads(path.read_text())["samples"]
+            samples = json.loads(path.read_text())["samples"]
+            if len(samples) != len(problems) or any(len(s) != cfg.l2s_samples for s in samples):
+                raise ValueError(
+                    f"{path} holds samples for another configuration (expected {len(problems)} prompts × "
+                    f"{cfg.l2s_samples}); delete it to draw them again"
+                )
+            return problems, samples
         gen = torch.Generator().manual_seed(cfg.seed + 3)
         samples = sample_responses(self.load("rl"), problems, self.codec, cfg.l2s_samples, self.rl_max_new, 1.0, gen)
         tmp = path.with_suffix(".tmp")

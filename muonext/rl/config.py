@@ -187,7 +187,8 @@ def _tiny() -> PipelineConfig:
         # accuracy d2 10%, d3 2%); with 30k it learns the arithmetic (d2 55%, d3 11% before the column
         # work in the long solutions, 98% and 39% with it; bench/RESULTS.md)
         n_train=30000,
-        n_eval_per_difficulty=64,
+        # 64 per level left a d3 reading a standard error of about 6 points (bench/RESULTS.md, RL run 6)
+        n_eval_per_difficulty=256,
         sft_steps=1200,
         sft_batch=32,
         # the short model (bare-equation solutions, from the RL model): 120 steps left it 16 points below

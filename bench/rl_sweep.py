@@ -48,8 +48,10 @@ def main() -> None:
     levels = {int(x) for x in args.difficulties.split(",")}
     cfg = PipelineConfig.preset(args.preset, n_eval_per_difficulty=args.n_eval)
     pipe = Pipeline(cfg, args.run_dir, progress=False)
-    model = pipe.load("sft") if args.start is None else build_model(cfg, pipe.codec)
-    if args.start is not None:
+    if args.start is None:
+        model = pipe.load("sft")
+    else:
+        model = build_model(cfg, pipe.codec)
         model.load_state_dict(load_checkpoint(args.start).model_state())
     tasks = [MathTask(q) for q in pipe.train_set if q.difficulty in levels]
     trainer = RLTrainer(model, tasks, cfg.rl.replace(**{"iterations": 10**9, **json.loads(args.rl)}), pipe.codec)

@@ -161,9 +161,9 @@ def test_shortest_sft_trains_on_each_prompts_shortest_correct_sample(tmp_path, m
     assert seen["data"] == expect
     assert seen["info"]["kept"] == 3
     # DPO reads the same draw: chosen = shortest correct, rejected = the wrong ones and the much longer
-    from muonext.rl.stages import dpo_pairs_from_samples
+    from muonext.rl.stages import long2short_data
 
-    pairs, shortest = dpo_pairs_from_samples(*p._long_samples(), p.codec)
+    pairs, shortest = long2short_data(*p._long_samples(), p.codec)
     assert [r for _, r in shortest] == [r for _, r in expect]
     assert (p.codec.prompt_ids(probs[1].prompt), right[1], wrong_shorter) in pairs
     (tmp_path / "long_samples.json").write_text(json.dumps({"samples": samples[:3]}))

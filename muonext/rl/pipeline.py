@@ -42,7 +42,7 @@ from muonext.train.metrics import git_revision, library_versions
 
 from .config import PipelineConfig
 from .long2short import merge_state_dicts
-from .stages import StepCheckpoints, dpo_pairs_from_samples, dpo_train, evaluate, sample_responses, sft_train
+from .stages import StepCheckpoints, dpo_train, evaluate, long2short_data, sample_responses, sft_train
 from .task_adapter import MathTask
 from .tasks import Problem, generate_problems
 from .text_codec import CharCodec
@@ -225,7 +225,7 @@ class Pipeline:
     def stage_shortest_sft(self) -> None:
         """Shortest rejection sampling: the long model fine-tuned on its own shortest correct responses."""
         problems, samples = self._long_samples()
-        _, shortest = dpo_pairs_from_samples(problems, samples, self.codec)
+        _, shortest = long2short_data(problems, samples, self.codec)
         if not shortest:  # no correct sample: nothing to learn from, the long model stays as it is (as in DPO)
             self._finish("shortest_sft", self.load("rl"), 0, kept=0)
             return
@@ -240,7 +240,7 @@ class Pipeline:
         model, ref = self.load("rl"), self.load("rl")
         ref.eval()
         problems, samples = self._long_samples()
-        pairs, shortest = dpo_pairs_from_samples(problems, samples, self.codec)
+        pairs, shortest = long2short_data(problems, samples, self.codec)
         log = self._log("dpo")
         if not start:
             log({"iteration": 0, "pairs": len(pairs), "shortest_rejection_kept": len(shortest),

@@ -252,11 +252,12 @@ def dpo_train(
     return stats
 
 
-def dpo_pairs_from_samples(
+def long2short_data(
     problems: Sequence[Problem], samples: Sequence[Sequence[list[int]]], codec: CharCodec, ratio: float = 1.5
 ) -> tuple[list[tuple[list[int], list[int], list[int]]], list[tuple[Problem, list[int]]]]:
-    """DPO triples (k1.5: shortest correct vs wrong and much longer ones) and the shortest-rejection-
-    sampling set (problem, shortest correct response) from n samples per problem."""
+    """What both long2short methods take from the long model's n samples per problem: the DPO triples
+    (k1.5: shortest correct vs wrong and much longer ones) and the shortest-rejection-sampling set
+    (problem, shortest correct response)."""
     from .long2short import shortest_rejection_sampling
 
     pairs, lengths, correct = [], [], []

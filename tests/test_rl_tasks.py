@@ -2,6 +2,7 @@
 
 import json
 import random
+import re
 from fractions import Fraction
 
 import pytest
@@ -84,16 +85,87 @@ def test_column_work_computes_every_sum_and_difference():
     assert column_work("-", 15, 75) == "15 - 75 = -(75 - 15); 75 - 15: 5-5=0, 7-1=6"
 
 
-def test_recheck_share_and_what_it_adds():
-    problems = generate_problems(3000, (1, 2, 3), seed=5)
-    share = sum(tasks.rechecks(p.prompt) for p in problems) / len(problems)
-    assert abs(share - tasks.RECHECK_PERCENT / 100) < 0.03  # 3000 draws: 3 standard errors ≈ 0.027
-    # the re-check redoes the column work too (it is what long2short should learn to leave out)
-    for p in problems:
-        if tasks.rechecks(p.prompt):
-            first, check = p.long_solution.split(tasks.RECHECK_OPEN)
-            check = check.split(tasks.RECHECK_CLOSE)[0]
-            assert check.count(": ") == first.count(": ") and check.count("=") == first.count("=")
+def test_recheck_and_product_work_shares():
+    # level 1 has only 100 prompts, so its shares are those of 100 hashes: levels 2 and 3 have thousands.
+    # 3000 draws: 3 standard errors ≈ 0.027; the two hashes are independent
+    problems = generate_problems(3000, (2, 3), seed=5)
+    rechecked = [tasks.rechecks(p.prompt) for p in problems]
+    worked = [tasks.works_products(p.prompt) for p in problems]
+    assert abs(sum(rechecked) / 3000 - tasks.RECHECK_PERCENT / 100) < 0.03
+    assert abs(sum(worked) / 3000 - tasks.PRODUCT_WORK_PERCENT / 100) < 0.03
+    both = sum(r and w for r, w in zip(rechecked, worked)) / 3000
+    assert abs(both - tasks.RECHECK_PERCENT * tasks.PRODUCT_WORK_PERCENT / 1e4) < 0.03
+
+
+def test_recheck_repeats_each_step():
+    # the re-check redoes the column work of sums and differences (what long2short should learn to leave
+    # out) and states each product again without its long multiplication
+    for p in generate_problems(3000, (2, 3), seed=5):
+        if not tasks.rechecks(p.prompt):
+            continue
+        lines = p.long_solution.splitlines()
+        equations = p.short_solution.splitlines()[:-1]
+        first, check = lines[1 : 1 + len(equations)], lines[-len(equations) - 2 : -2]
+        for eq, line, again in zip(equations, first, check):
+            if " * " in eq:
+                assert again == f"{eq}.", (p.prompt, again)
+            else:
+                assert line.startswith(again.removesuffix(".")), (p.prompt, line, again)
+
+
+def test_product_steps_tell_the_two_strategies_apart():
+    for p in generate_problems(1000, 3, seed=6):
+        products = [eq for eq in p.short_solution.splitlines() if " * " in eq]
+        big = sum(max(abs(int(x.strip("()"))) for x in eq.split(" = ")[0].split(" * ")) >= 10 for eq in products)
+        expected = (big, 0) if tasks.works_products(p.prompt) else (0, big)
+        assert tasks.product_steps(p.long_solution) == expected, p.long_solution
+        assert tasks.product_steps(p.short_solution) == (0, big)
+    assert tasks.product_steps("(-12) * 34 = -(12 * 34); 12 * 34: 12 * 4: 2*4=8\n3 * 4 = 12") == (1, 0)
+
+
+def _long_multiplication_result(work: str) -> int:
+    """The signed value a long multiplication text computes, every table fact, carry, partial product
+    and column sum checked on the way."""
+    sign = -1 if "= -(" in work else 1
+    for fact in re.findall(r"\d+[*+]\d+(?:\+\d+)?=\d+", work):
+        expr, value = fact.split("=")
+        assert eval(expr) == int(value), fact
+    for x, d, cols, p in re.findall(r"(\d+) \* (\d): ([^;]*?), so (\d+)", work):
+        assert int(x) * int(d) == int(p) and len(cols.split("*")) == len(x) + 1, (x, d, p)
+    for x, y, p in re.findall(r"(\d+) \* (\d+) = (\d+)", work):
+        assert int(x) * int(y) == int(p), (x, y, p)
+    last = work.rsplit("; ", 1)[-1]
+    if ": " not in last:  # one non-zero digit in the multiplier: its shifted partial product is the result
+        return sign * int(last.split(" = ")[1])
+    if "*" not in last.split(": ", 1)[1]:  # the partial products' sum
+        return sign * _column_result(last)
+    # a one-digit multiplier: each column's value is its last fact (after the carry), units first
+    x, cols = last.split(": ")
+    digits, value = [], 0
+    for col in cols.split(", "):
+        value = int(col.split("=")[1])
+        if "*" in col:
+            digits.append(value)
+        else:
+            digits[-1] = value
+    value = sum(v % 10 * 10**i for i, v in enumerate(digits[:-1])) + digits[-1] * 10 ** (len(digits) - 1)
+    return sign * value
+
+
+def test_long_multiplication_computes_every_product():
+    rng = random.Random(1)
+    cases = [(47, 86), (6, 47), (4042, 23), (47, 30), (-12, 34), (-12, -34), (123, 456), (47, 0), (10, 10)]
+    cases += [(rng.randint(-9999, 9999), rng.randint(-999, 999)) for _ in range(2000)]
+    for a, b in cases:
+        work = column_work("*", a, b, products=True)
+        if max(abs(a), abs(b)) < 10:
+            assert work == ""
+            continue
+        assert _long_multiplication_result(work) == a * b, (a, b, work)
+    assert column_work("*", 47, 86, products=True) == (
+        "47 * 86: 47 * 6: 7*6=42, 4*6=24, 24+4=28, so 282; 47 * 8: 7*8=56, 4*8=32, 32+5=37, so 376; "
+        "47 * 80 = 3760; 282 + 3760: 2+0=2, 8+6=14, 2+7+1=10, 0+3+1=4")
+    assert column_work("*", -3, 25, products=True) == "(-3) * 25 = -(3 * 25); 25 * 3: 5*3=15, 2*3=6, 6+1=7"
 
 
 def test_difficulty_controls_size():

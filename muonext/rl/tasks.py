@@ -14,13 +14,22 @@ first. The long/short pair is what the long2short experiments need for SFT warm-
 
 The column work is what lets the 3-layer character-level model of the `tiny` RL pipeline add and
 subtract: writing `48 + 84 = 132` at once, its SFT reached 55% on two-digit sums, and with the columns
-98% (bench/RESULTS.md, RL run 5). Products are still written in one line.
+98% (bench/RESULTS.md, RL run 5). Written in one line, it gets 2 of 116 two-digit products right.
 
-For 60% of prompts (a hash of the prompt decides) the long solution then re-checks: every step's work
-and equation again, between "Let me check each step again." and "The steps check out.". This is the
-overthinking k1.5's long2short methods exist for. It is 41–47% of the length of the solutions that have
-it and adds nothing, since the first pass already holds the answer. A long2short method that learns to
-leave it out gets shorter at no cost; one that also cuts the column work loses accuracy (RL run 5).
+For half of the prompts (another hash) the long solution also works each product by long
+multiplication: the multiplicand times each digit of the multiplier, one table fact per step with the
+carry added in a step of its own, then the shifted partial products summed column by column. The other
+half writes products in one line. The SFT warm start therefore holds two strategies for a product and
+the model picks one at the token after `a * b`, about as often each way; which one pays is for RL to
+find out from the reward (bench/RESULTS.md, RL run 8).
+
+For 80% of prompts (a hash of the prompt decides) the long solution then re-checks: every step's
+equation again, with the column work of its sums and differences (a long multiplication is not
+repeated), between "Let me check each step again." and "The steps check out.". This is the overthinking
+k1.5's long2short methods exist for: it adds nothing, since the first pass already holds the answer. A
+long2short method that learns to leave it out gets shorter at no cost; one that also cuts the column
+work loses accuracy (RL run 5). At 60% the greedy model's choice to re-check was close to a coin that a
+little RL drift flipped (RL run 8); at 80% it is a habit, as overthinking is.
 
 JSONL problem sets hold one object per line with at least ``prompt``, ``answer`` and ``difficulty``.
 """
@@ -29,6 +38,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -37,9 +47,11 @@ from pathlib import Path
 ANSWER_PREFIX = "Answer: "
 PROMPT_TEMPLATE = "What is {expr}?"
 # The redundant re-check of some long solutions (see the module docstring): the part long2short removes.
-RECHECK_PERCENT = 60
+RECHECK_PERCENT = 80
 RECHECK_OPEN = "Let me check each step again."
 RECHECK_CLOSE = "The steps check out."
+# The long multiplication of some long solutions: the strategy RL can learn to prefer (module docstring).
+PRODUCT_WORK_PERCENT = 50
 
 
 @dataclass(frozen=True)
@@ -141,11 +153,57 @@ def _column_sub(x: int, y: int) -> str:
     return ", ".join(cols)
 
 
-def column_work(op: str, a: int, b: int) -> str:
-    """The digit-by-digit work before `a op b = …` in the long solution: '' for products and one-digit
-    operands; signs are handled first ('15 - 75 = -(75 - 15); 75 - 15: 5-5=0, 7-1=6')."""
-    if op == "*" or max(abs(a), abs(b)) < 10:
+def _times_digit(x: int, d: int) -> str:
+    """x * d (x >= 0, d one digit) column by column, units first: '7*6=42, 4*6=24, 24+4=28' (the carry is
+    added in a step of its own, so no step needs more than one table fact)."""
+    cols, carry = [], 0
+    for ch in str(x)[::-1]:
+        v = int(ch) * d
+        cols.append(f"{ch}*{d}={v}, {v}+{carry}={v + carry}" if carry else f"{ch}*{d}={v}")
+        carry = (v + carry) // 10
+    return ", ".join(cols)
+
+
+def _long_multiply(x: int, y: int) -> str:
+    """x * y (x, y >= 0; y the shorter) as long multiplication: x times each non-zero digit of y, shifted,
+    then the partial products summed column by column ('47 * 86: 47 * 6: …, so 282; 47 * 8: …, so 376;
+    47 * 80 = 3760; 282 + 3760: 2+0=2, …')."""
+    if y < 10:
+        return f"{x} * {y}: {_times_digit(x, y)}"
+    parts, partials = [], []
+    for i, ch in enumerate(str(y)[::-1]):
+        if ch == "0":
+            continue
+        p = x * int(ch)
+        parts.append(f"{x} * {ch}: {_times_digit(x, int(ch))}, so {p}")
+        if i:
+            parts.append(f"{x} * {ch}{'0' * i} = {p * 10**i}")
+        partials.append(p * 10**i)
+    total = partials[0]
+    for j, p in enumerate(partials[1:], 2):
+        parts.append(f"{total} + {p}: {_column_add(total, p)}" + (f", so {total + p}" if j < len(partials) else ""))
+        total += p
+    return f"{x} * {y}: " + "; ".join(parts)
+
+
+def _product_work(a: int, b: int) -> str:
+    """The long multiplication of a * b, signs first ('(-12) * 34 = -(34 * 12); 34 * 12: …')."""
+    head = f"{_render(a)} * {_render(b)}"
+    x, y = abs(a), abs(b)
+    prefix = "" if a >= 0 and b >= 0 else f"{head} = {x} * {y}; " if a < 0 and b < 0 else f"{head} = -({x} * {y}); "
+    if len(str(y)) > len(str(x)):
+        x, y = y, x
+    return prefix + _long_multiply(x, y)
+
+
+def column_work(op: str, a: int, b: int, products: bool = False) -> str:
+    """The digit-by-digit work before `a op b = …` in the long solution: '' for one-digit operands, and
+    for products unless `products`; signs are handled first ('15 - 75 = -(75 - 15); 75 - 15: 5-5=0,
+    7-1=6')."""
+    if max(abs(a), abs(b)) < 10 or (op == "*" and not products):
         return ""
+    if op == "*":
+        return _product_work(a, b)
     head = f"{_render(a)} {op} {_render(b)}"
     b = b if op == "+" else -b  # a − b = a + (−b): one signed addition
     if a >= 0 and b >= 0:
@@ -160,24 +218,48 @@ def column_work(op: str, a: int, b: int) -> str:
     return f"{head} = -({y} - {x}); {y} - {x}: {_column_sub(y, x)}"
 
 
+def works_products(prompt: str) -> bool:
+    """Whether the long solution of `prompt` works its products by long multiplication: for
+    PRODUCT_WORK_PERCENT % of prompts, by a hash of the prompt (another one than `rechecks`')."""
+    return zlib.crc32(b"products " + prompt.encode()) % 100 < PRODUCT_WORK_PERCENT
+
+
 def rechecks(prompt: str) -> bool:
     """Whether the long solution of `prompt` re-checks its steps: for RECHECK_PERCENT % of prompts, by a
     hash of the prompt (so the problem stream does not change and the choice looks random to the model)."""
     return zlib.crc32(prompt.encode()) % 100 < RECHECK_PERCENT
 
 
-def _solutions(e: Expr, recheck: bool) -> tuple[str, str, int]:
+_PRODUCT_LINE = re.compile(r"\(?(-?\d+)\)? \* \(?(-?\d+)\)?[:; =]")
+
+
+def product_steps(response: str) -> tuple[int, int]:
+    """(worked, one-line): how many of a response's product steps with a two-digit operand it works by
+    long multiplication and how many it writes in one line, before any re-check. Which of the two
+    strategies of the long solutions a model uses (bench/rl_arith.py)."""
+    worked = one_line = 0
+    for line in response.split(RECHECK_OPEN)[0].splitlines():
+        m = _PRODUCT_LINE.match(line)
+        if m and max(abs(int(m[1])), abs(int(m[2]))) >= 10:
+            worked += ": " in line
+            one_line += ": " not in line
+    return worked, one_line
+
+
+def _solutions(e: Expr, recheck: bool, products: bool = False) -> tuple[str, str, int]:
     """(long, short, value). Both solutions make the same reductions, one per line: the long one works
-    each addition and subtraction digit by digit, wraps the equations in prose and, when `recheck`,
-    repeats every step's work before the answer line; the short one is the bare equations."""
+    each addition and subtraction digit by digit (and each product, when `products`), wraps the equations
+    in prose and, when `recheck`, repeats every step's equation and the work of its sums and differences
+    before the answer line; the short one is the bare equations."""
     long_lines = [f"We compute {_render(e)} step by step."]
     short_lines, checks = [], []
     while not isinstance(e, int):
         e, (op, a, b), step = _reduce_once(e)
-        work = column_work(op, a, b)
+        work = column_work(op, a, b, products)
         line = f"{step}, so the expression becomes {_render(e)}." if not isinstance(e, int) else f"{step}."
         long_lines.append(f"{work}. {line}" if work else line)
-        checks.append(f"{work}. {step}." if work else f"{step}.")
+        # a long multiplication is too long to repeat (it would double the longest solutions)
+        checks.append(f"{work}. {step}." if work and op != "*" else f"{step}.")
         short_lines.append(step)
     answer_line = f"{ANSWER_PREFIX}{e}"
     long_lines.append(f"So the answer is {e}.")
@@ -228,7 +310,7 @@ def generate_problem(rng: random.Random, difficulty: int) -> Problem:
         numbers = [_number(rng, level.digits) for _ in range(level.n_ops + 1)]
         tree = _by_precedence(numbers, [rng.choice(level.ops) for _ in range(level.n_ops)])
     prompt = PROMPT_TEMPLATE.format(expr=_render(tree))
-    long_solution, short_solution, value = _solutions(tree, rechecks(prompt))
+    long_solution, short_solution, value = _solutions(tree, rechecks(prompt), works_products(prompt))
     assert value == evaluate(tree)
     return Problem(
         prompt=prompt,

@@ -28,6 +28,9 @@ from muonext.models.generation import generate
 from muonext.rl.config import PipelineConfig
 from muonext.rl.pipeline import Pipeline
 from muonext.rl.rollout import new_request, rollout
+from muonext.rl.stages import sample_responses
+from muonext.rl.tasks import product_steps
+from muonext.rl.verify import verify
 
 
 def throughput(p: Pipeline, batch: int, new_tokens: int, repeats: int) -> dict:
@@ -81,6 +84,32 @@ def partial_vs_full(p: Pipeline, n_traj: int, max_new: int, segment: int) -> dic
     return out
 
 
+def product_strategies(p: Pipeline, stages: tuple[str, ...]) -> dict:
+    """Greedy, on the held-out problems of the hardest level: the share of product steps (with a
+    two-digit operand) each model works by long multiplication, and its accuracy on the problems where it
+    works them all and where it writes them all in one line. RL's gain on that level is mostly the
+    choice of strategy (tasks.py)."""
+    hardest = max(q.difficulty for q in p.held_out)
+    probs = [q for q in p.held_out if q.difficulty == hardest]
+    out = {}
+    for stage in stages:
+        responses = sample_responses(p.load(stage).eval(), probs, p.codec, 1, p.cfg.eval_max_new_tokens
+                                     or p.cfg.rl.max_new_tokens, temperature=0.0)
+        worked = one_line = 0
+        right = {"long": [], "one_line": []}
+        for q, (toks,) in zip(probs, responses):
+            text = p.codec.decode(toks)
+            w, o = product_steps(text)
+            worked, one_line = worked + w, one_line + o
+            if w or o:
+                kind = "long" if not o else "one_line" if not w else "mixed"
+                right.setdefault(kind, []).append(verify(text, q.answer))
+        out[stage] = {"difficulty": hardest, "long_share": worked / max(1, worked + one_line),
+                      **{f"{k}_problems": len(v) for k, v in right.items()},
+                      **{f"{k}_accuracy": sum(v) / len(v) for k, v in right.items() if v}}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/bench-rl")
@@ -110,23 +139,33 @@ def main() -> None:
     result = {"config": cfg.to_dict(), "seconds": total, "eval": res,
               "throughput": throughput(p, batch=16, new_tokens=64, repeats=9),
               "partial": partial_vs_full(p, n_traj=32, max_new=cfg.rl.max_new_tokens,
-                                         segment=cfg.rl.segment_tokens or args.segment_tokens)}
+                                         segment=cfg.rl.segment_tokens or args.segment_tokens),
+              "products": product_strategies(p, ("sft", "rl"))}
     (Path(args.out) / "bench.json").write_text(json.dumps(result, indent=1))
     levels = [k for k in res["sft"] if k != "all"]
     print(f"pipeline wall time {total:.0f} s")
-    print("| model | " + " | ".join(f"acc d{d}" for d in levels) + " | acc all | mean len | sampled acc |")
-    print("|---" * (len(levels) + 4) + "|")
+    print("| model | " + " | ".join(f"acc d{d}" for d in levels) + " | acc all | mean len | sampled acc | sampled len |")
+    print("|---" * (len(levels) + 5) + "|")
     for m, r in res.items():
         sampled = " / ".join(f"{r[d]['sampled_accuracy']:.3f}" for d in levels if "sampled_accuracy" in r[d])
         print(f"| {m} | " + " | ".join(f"{r[d]['accuracy']:.3f}" for d in levels)
-              + f" | {r['all']['accuracy']:.3f} | {r['all']['mean_length']:.1f} | {sampled} |")
+              + f" | {r['all']['accuracy']:.3f} | {r['all']['mean_length']:.1f} | {sampled}"
+              + f" | {r['all'].get('sampled_mean_length', float('nan')):.1f} |")
     if "rl" in res:
         base = res["rl"]["all"]
         for m in ("short_sft", "merge", "shortest_sft", "dpo", "l2s_rl"):
             if m in res:
                 r = res[m]["all"]
-                print(f"long2short {m} vs rl: length {100 * (r['mean_length'] / base['mean_length'] - 1):+.1f}%, "
-                      f"accuracy {100 * (r['accuracy'] - base['accuracy']):+.1f} points")
+                line = (f"long2short {m} vs rl: greedy length {100 * (r['mean_length'] / base['mean_length'] - 1):+.1f}%, "
+                        f"accuracy {100 * (r['accuracy'] - base['accuracy']):+.1f} points")
+                if "sampled_mean_length" in r and "sampled_mean_length" in base:
+                    line += (f"; sampled length {100 * (r['sampled_mean_length'] / base['sampled_mean_length'] - 1):+.1f}%, "
+                             f"accuracy {100 * (r['sampled_accuracy'] - base['sampled_accuracy']):+.1f} points")
+                print(line)
+    for m, r in result["products"].items():
+        print(f"{m}, d{r['difficulty']} products: {100 * r['long_share']:.0f}% worked by long multiplication; "
+              f"accuracy where all are {r.get('long_accuracy', float('nan')):.3f} ({r['long_problems']} problems), "
+              f"where none are {r.get('one_line_accuracy', float('nan')):.3f} ({r['one_line_problems']})")
     t = result["throughput"]
     print(f"rollout tok/s: ours {t['ours_tok_s']:.0f}, transformers {t['hf_tok_s']:.0f} "
           f"({t['speedup']:.2f}x), greedy equal: {t['greedy_equal']}")

@@ -195,4 +195,5 @@ def test_evaluate_scores_greedy_and_sampled_responses_per_level(monkeypatch):
     assert res["1"]["sampled_accuracy"] == 3 / 8 and res["2"]["sampled_accuracy"] == 1 / 4
     assert res["all"]["sampled_accuracy"] == 4 / 12
     assert res["1"]["mean_length"] == (len(right[0]) + len(wrong)) / 2
+    assert res["1"]["sampled_mean_length"] == (3 * len(right[0]) + 5 * len(wrong)) / 8
     assert "sampled_accuracy" not in stages.evaluate(None, problems, codec, 32)["all"]

@@ -268,14 +268,13 @@ class Pipeline:
         for name in ("sft", "rl", "merge", "shortest_sft", "dpo", "l2s_rl", "short_sft"):
             if self._done(name) is None:
                 continue
-            n = self.cfg.eval_samples if name in ("sft", "rl") else 0
-            res = evaluate(self.load(name), self.held_out, self.codec, self.eval_max_new, samples=n,
+            res = evaluate(self.load(name), self.held_out, self.codec, self.eval_max_new, samples=self.cfg.eval_samples,
                            temperature=self.cfg.rl.temperature, seed=self.cfg.seed + 11)
             results[name] = res
             flat = {f"accuracy_d{k}": v["accuracy"] for k, v in res.items() if k != "all"}
             flat.update({f"mean_length_d{k}": v["mean_length"] for k, v in res.items() if k != "all"})
-            flat.update({f"sampled_accuracy_d{k}": v["sampled_accuracy"] for k, v in res.items()
-                         if k != "all" and "sampled_accuracy" in v})
+            for metric in ("sampled_accuracy", "sampled_mean_length"):
+                flat.update({f"{metric}_d{k}": v[metric] for k, v in res.items() if k != "all" and metric in v})
             self.metrics.log({"stage": "eval", "model": name, "iteration": 0, "reward": res["all"]["accuracy"],
                               "accuracy": res["all"]["accuracy"], "mean_length": res["all"]["mean_length"], **flat})
         (self.out / "eval").mkdir(exist_ok=True)

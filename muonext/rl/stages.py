@@ -180,11 +180,12 @@ def evaluate(
     seed: int = 0,
 ) -> dict[str, dict[str, float]]:
     """Greedy accuracy and mean response length (tokens) per difficulty, and "all". With `samples` > 0
-    also "sampled_accuracy": the mean correctness of that many responses per problem at `temperature`
-    (pass@1 of the sampling policy RL trains, which greedy decoding is not), from a generator seeded
-    with `seed`."""
+    also "sampled_accuracy" and "sampled_mean_length": the mean correctness and length of that many
+    responses per problem at `temperature` (the sampling policy RL trains, which greedy decoding is not:
+    where the policy picks a strategy about as often as not, the greedy length flips with its argmax),
+    from a generator seeded with `seed`."""
     responses = sample_responses(model, problems, codec, 1, max_new_tokens, temperature=0.0)
-    acc, lens, sampled = defaultdict(list), defaultdict(list), defaultdict(list)
+    acc, lens, sampled, sampled_lens = defaultdict(list), defaultdict(list), defaultdict(list), defaultdict(list)
     keys = [(str(p.difficulty), "all") for p in problems]
     for p, key, (toks,) in zip(problems, keys, responses):
         ok = verify(codec.decode(toks), p.answer)
@@ -197,10 +198,12 @@ def evaluate(
         for p, key, rs in zip(problems, keys, drawn):
             for k in key:
                 sampled[k] += [verify(codec.decode(r), p.answer) for r in rs]
+                sampled_lens[k] += [len(r) for r in rs]
     out = {k: {"accuracy": sum(acc[k]) / len(acc[k]), "mean_length": sum(lens[k]) / len(lens[k]),
                "n": len(acc[k])} for k in acc}
     for k, oks in sampled.items():
         out[k]["sampled_accuracy"] = sum(oks) / len(oks)
+        out[k]["sampled_mean_length"] = sum(sampled_lens[k]) / len(sampled_lens[k])
     return out
 
 

@@ -93,8 +93,7 @@ def product_strategies(p: Pipeline, stages: tuple[str, ...]) -> dict:
     probs = [q for q in p.held_out if q.difficulty == hardest]
     out = {}
     for stage in stages:
-        responses = sample_responses(p.load(stage).eval(), probs, p.codec, 1, p.cfg.eval_max_new_tokens
-                                     or p.cfg.rl.max_new_tokens, temperature=0.0)
+        responses = sample_responses(p.load(stage).eval(), probs, p.codec, 1, p.eval_max_new, temperature=0.0)
         worked = one_line = 0
         right = {"long": [], "one_line": []}
         for q, (toks,) in zip(probs, responses):

@@ -268,8 +268,9 @@ class Pipeline:
         for name in ("sft", "rl", "merge", "shortest_sft", "dpo", "l2s_rl", "short_sft"):
             if self._done(name) is None:
                 continue
-            res = evaluate(self.load(name), self.held_out, self.codec, self.eval_max_new, samples=self.cfg.eval_samples,
-                           temperature=self.cfg.rl.temperature, seed=self.cfg.seed + 11)
+            res = evaluate(self.load(name), self.held_out, self.codec, self.eval_max_new,
+                           samples=self.cfg.eval_samples, temperature=self.cfg.rl.temperature,
+                           seed=self.cfg.seed + 11)
             results[name] = res
             flat = {f"accuracy_d{k}": v["accuracy"] for k, v in res.items() if k != "all"}
             flat.update({f"mean_length_d{k}": v["mean_length"] for k, v in res.items() if k != "all"})

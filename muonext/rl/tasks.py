@@ -187,10 +187,13 @@ def _long_multiply(x: int, y: int) -> str:
 
 
 def _product_work(a: int, b: int) -> str:
-    """The long multiplication of a * b, signs first ('(-12) * 34 = -(34 * 12); 34 * 12: …')."""
-    head = f"{_render(a)} * {_render(b)}"
+    """The long multiplication of a * b, signs first ('(-12) * 34 = -(12 * 34); 12 * 34: …'); the operand
+    with more digits is the multiplicand, the left one on a tie."""
     x, y = abs(a), abs(b)
-    prefix = "" if a >= 0 and b >= 0 else f"{head} = {x} * {y}; " if a < 0 and b < 0 else f"{head} = -({x} * {y}); "
+    prefix = ""
+    if a < 0 or b < 0:
+        magnitude = f"{x} * {y}" if a < 0 and b < 0 else f"-({x} * {y})"
+        prefix = f"{_render(a)} * {_render(b)} = {magnitude}; "
     if len(str(y)) > len(str(x)):
         x, y = y, x
     return prefix + _long_multiply(x, y)

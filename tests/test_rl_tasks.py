@@ -54,6 +54,11 @@ def test_every_problem_verifies_against_its_own_solutions(difficulty):
         # the answer is the value of the prompt's expression, computed independently by Python
         expr = p.prompt.removeprefix("What is ").removesuffix("?")
         assert eval(expr) == int(p.answer), f"{i=} {expr=} {p.answer=}"
+        # the expression is stated first and after every step but the last, always after the same
+        # words, and each statement keeps its value
+        stated = re.findall(r"(?:^The|, so the) expression is (.*)\.$", p.long_solution, re.M)
+        assert long_lines[0] == f"The expression is {expr}." and len(stated) == n_steps, f"{i=} {p=}"
+        assert all(eval(e) == int(p.answer) for e in stated), f"{i=} {stated=}"
 
 
 def _column_result(work: str) -> int:
@@ -189,7 +194,7 @@ def test_render_and_evaluate_hand_examples():
     assert tasks._render(("*", ("+", 2, 3), 4)) == "(2 + 3) * 4"
     long, short, value = tasks._solutions(("*", ("+", 2, 3), 4), recheck=False)
     assert value == 20 and short == "2 + 3 = 5\n5 * 4 = 20\nAnswer: 20"
-    assert long.splitlines()[1] == "2 + 3 = 5, so the expression becomes 5 * 4."
+    assert long.splitlines()[:2] == ["The expression is (2 + 3) * 4.", "2 + 3 = 5, so the expression is 5 * 4."]
     rechecked, _, _ = tasks._solutions(("*", ("+", 12, 3), 4), recheck=True)
     assert rechecked.splitlines()[-5:] == [
         "Let me check each step again.", "12 + 3: 2+3=5, 1+0=1. 12 + 3 = 15.", "15 * 4 = 60.",

@@ -167,7 +167,7 @@ def _debug() -> PipelineConfig:
         sft_steps=400,
         sft_batch=32,
         short_sft_steps=40,
-        # level-2 long solutions are up to 253 characters with the re-check
+        # level-2 long solutions are up to 247 characters with the re-check
         rl=RLConfig(iterations=6, prompts_per_iter=8, samples_per_prompt=4, max_new_tokens=256,
                     segment_tokens=64, grad_steps=2, minibatch=32, lr=1e-4, tau=0.1, curriculum_ramp=3),
         l2s_prompts=32,
@@ -194,8 +194,8 @@ def _tiny() -> PipelineConfig:
         # the short model (bare-equation solutions, from the RL model): 120 steps left it 16 points below
         # the long model on d2; 400 put it 9 points above at a third of the length (bench/RESULTS.md)
         short_sft_steps=400,
-        # long solutions with column work, long multiplication and the re-check: up to 253 characters on
-        # level 2, 646 on level 3 (1% over 584). 100 iterations are about 15 CPU-minutes of RL, the
+        # long solutions with column work, long multiplication and the re-check: up to 247 characters on
+        # level 2, 632 on level 3 (1% over 579). 100 iterations are about 15 CPU-minutes of RL, the
         # benchmark's budget (RL run 8: 101 in 907 CPU-s). No partial rollouts: on a CPU re-prefilling
         # the continued trajectories costs more than it saves (bench/RESULTS.md); the debug preset has them
         rl=RLConfig(iterations=100, prompts_per_iter=16, samples_per_prompt=8, max_new_tokens=640,

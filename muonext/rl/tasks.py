@@ -253,13 +253,19 @@ def _solutions(e: Expr, recheck: bool, products: bool = False) -> tuple[str, str
     """(long, short, value). Both solutions make the same reductions, one per line: the long one works
     each addition and subtraction digit by digit (and each product, when `products`), wraps the equations
     in prose and, when `recheck`, repeats every step's equation and the work of its sums and differences
-    before the answer line; the short one is the bare equations."""
-    long_lines = [f"We compute {_render(e)} step by step."]
+    before the answer line; the short one is the bare equations.
+
+    The long solution states the expression as every step re-writes it ('the expression is …'): after a
+    long multiplication the model copies the rest of the expression from far back, and with the same cue
+    before every copy it finds it (with 'We compute E step by step.' first and '…, so the expression
+    becomes …' after the step, half of the SFT model's wrong d3 answers wrote the product's leading
+    digits for the other operand: '54 + 46 * 57' became '26 + 2622')."""
+    long_lines = [f"The expression is {_render(e)}."]
     short_lines, checks = [], []
     while not isinstance(e, int):
         e, (op, a, b), step = _reduce_once(e)
         work = column_work(op, a, b, products)
-        line = f"{step}, so the expression becomes {_render(e)}." if not isinstance(e, int) else f"{step}."
+        line = f"{step}, so the expression is {_render(e)}." if not isinstance(e, int) else f"{step}."
         long_lines.append(f"{work}. {line}" if work else line)
         # a long multiplication is too long to repeat (it would double the longest solutions)
         checks.append(f"{work}. {step}." if work and op != "*" else f"{step}.")

@@ -1,5 +1,6 @@
 """The CPU pipeline end to end on a tiny budget: metrics fields, plots, skipped stages, exact RL resume."""
 
+import dataclasses
 import json
 
 import pytest
@@ -169,6 +170,21 @@ def test_shortest_sft_trains_on_each_prompts_shortest_correct_sample(tmp_path, m
     (tmp_path / "long_samples.json").write_text(json.dumps({"samples": samples[:3]}))
     with pytest.raises(ValueError, match="another configuration"):
         p._long_samples()
+
+
+def test_long2short_rl_stage_config(tmp_path, monkeypatch):
+    # long2short RL: from the RL model, length reward on from the first iteration, 3/4 of the rollout
+    # length, sampled at the long2short temperature (not the RL one)
+    cfg = dataclasses.replace(_cfg(temperature=0.7, max_new_tokens=40, length_weight=0.0, length_warmup=5),
+                              l2s_temperature=1.0, l2s_iterations=3, l2s_length_weight=0.25)
+    seen = {}
+    monkeypatch.setattr(Pipeline, "_rl", lambda self, stage, start, rl_cfg: seen.update(
+        stage=stage, start=start, rl=rl_cfg))
+    Pipeline(cfg, tmp_path, progress=False).stage_l2s_rl()
+    rl = seen["rl"]
+    assert (seen["stage"], seen["start"]) == ("l2s_rl", "rl")
+    assert (rl.temperature, rl.max_new_tokens, rl.iterations) == (1.0, 30, 3)
+    assert (rl.length_weight, rl.length_warmup, rl.segment_tokens) == (0.25, 0, 10)
 
 
 def test_evaluate_scores_greedy_and_sampled_responses_per_level(monkeypatch):

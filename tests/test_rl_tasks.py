@@ -56,7 +56,7 @@ def test_every_problem_verifies_against_its_own_solutions(difficulty):
         assert eval(expr) == int(p.answer), f"{i=} {expr=} {p.answer=}"
         # the expression is stated first and after every step but the last, always after the same
         # words, and each statement keeps its value
-        stated = re.findall(r"(?:^The|, so the) expression is (.*)\.$", p.long_solution, re.M)
+        stated = re.findall(r"(?:^The|, so the) expression is (.*)\.$", p.long_solution, re.MULTILINE)
         assert long_lines[0] == f"The expression is {expr}." and len(stated) == n_steps, f"{i=} {p=}"
         assert all(eval(e) == int(p.answer) for e in stated), f"{i=} {stated=}"
 

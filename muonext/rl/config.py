@@ -108,8 +108,11 @@ class PipelineConfig:
     short_sft_steps: int = 60
     # RL
     rl: RLConfig = field(default_factory=RLConfig)
-    # long2short. Shortest rejection sampling and DPO share one draw: `l2s_samples` responses at T = 1
-    # from the long (RL) model for each of the first `l2s_prompts` training problems
+    # long2short. Shortest rejection sampling and DPO share one draw: `l2s_samples` responses at
+    # `l2s_temperature` from the long (RL) model for each of the first `l2s_prompts` training problems.
+    # Long2short RL samples at it too: with the length reward at T = 0.7 it fell from 0.96 to 0.30 training
+    # accuracy in one iteration and lost 47 held-out points (bench/RESULTS.md, RL run 11)
+    l2s_temperature: float = 1.0
     merge_ratio: float = 0.5
     l2s_samples: int = 4
     l2s_prompts: int = 64
@@ -138,7 +141,7 @@ class PipelineConfig:
         if not self.difficulties or min(self.difficulties) < 1:
             raise ValueError(f"PipelineConfig.difficulties must be levels >= 1, got {self.difficulties}")
         _positive(self, "n_train", "n_eval_per_difficulty", "sft_batch", "sft_lr", "shortest_sft_lr",
-                  "l2s_samples", "l2s_prompts", "dpo_beta", "dpo_lr", "stage_checkpoint_every")
+                  "l2s_temperature", "l2s_samples", "l2s_prompts", "dpo_beta", "dpo_lr", "stage_checkpoint_every")
         _non_negative(self, "sft_steps", "short_sft_steps", "shortest_sft_steps", "dpo_steps", "l2s_iterations",
                       "l2s_length_weight", "l2s_max_new_tokens", "eval_max_new_tokens", "eval_samples")
         if not 0.0 <= self.merge_ratio <= 1.0:
@@ -197,10 +200,12 @@ def _tiny() -> PipelineConfig:
         # long solutions with column work, long multiplication and the re-check: up to 247 characters on
         # level 2, 632 on level 3 (1% over 579). 100 iterations are about 15 CPU-minutes of RL, the
         # benchmark's budget (RL run 8: 101 in 907 CPU-s). No partial rollouts: on a CPU re-prefilling
-        # the continued trajectories costs more than it saves (bench/RESULTS.md); the debug preset has them
+        # the continued trajectories costs more than it saves (bench/RESULTS.md); the debug preset has them.
+        # Rollouts at temperature 0.7: RL run 10 from one SFT model, greedy d3 after 900 CPU-s, +8.2 and
+        # +6.2 points at 0.7 against +1.1 and -3.2 at 1.0 (two seeds each; bench/RESULTS.md)
         rl=RLConfig(iterations=100, prompts_per_iter=16, samples_per_prompt=8, max_new_tokens=640,
                     segment_tokens=0, grad_steps=2, minibatch=32, lr=1e-4, tau=0.1, curriculum_ramp=10,
-                    skip_uniform_groups=True),
+                    skip_uniform_groups=True, temperature=0.7),
         l2s_prompts=512,
         shortest_sft_steps=80,
         dpo_steps=30,

@@ -202,8 +202,8 @@ class Pipeline:
         self._finish("merge", long_m, 0, ratio=self.cfg.merge_ratio)
 
     def _long_samples(self) -> tuple[list[Problem], list[list[list[int]]]]:
-        """The long (RL) model's `l2s_samples` responses at T = 1 to the first `l2s_prompts` training
-        problems: drawn once, kept in DIR/long_samples.json (token ids), shared by shortest rejection
+        """The long (RL) model's `l2s_samples` responses at `l2s_temperature` to the first `l2s_prompts`
+        training problems: drawn once, kept in DIR/long_samples.json (token ids), shared by shortest rejection
         sampling and DPO."""
         cfg, path = self.cfg, self.out / "long_samples.json"
         problems = self.train_set[: cfg.l2s_prompts]
@@ -216,7 +216,8 @@ class Pipeline:
                 )
             return problems, samples
         gen = torch.Generator().manual_seed(cfg.seed + 3)
-        samples = sample_responses(self.load("rl"), problems, self.codec, cfg.l2s_samples, self.rl_max_new, 1.0, gen)
+        samples = sample_responses(self.load("rl"), problems, self.codec, cfg.l2s_samples, self.rl_max_new,
+                                   cfg.l2s_temperature, gen)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"samples": samples}))
         tmp.replace(path)  # atomic: a killed run never leaves half a file
@@ -256,7 +257,7 @@ class Pipeline:
         max_new = c.l2s_max_new_tokens or max(8, 3 * c.rl.max_new_tokens // 4)
         rl_cfg = c.rl.replace(iterations=c.l2s_iterations, length_weight=c.l2s_length_weight, length_warmup=0,
                               max_new_tokens=max_new, segment_tokens=min(c.rl.segment_tokens, max_new),
-                              seed=c.rl.seed + 1)
+                              temperature=c.l2s_temperature, seed=c.rl.seed + 1)
         if c.l2s_iterations == 0:
             self._finish("l2s_rl", self.load("rl"), 0)
             return

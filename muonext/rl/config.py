@@ -110,8 +110,8 @@ class PipelineConfig:
     rl: RLConfig = field(default_factory=RLConfig)
     # long2short. Shortest rejection sampling and DPO share one draw: `l2s_samples` responses at
     # `l2s_temperature` from the long (RL) model for each of the first `l2s_prompts` training problems.
-    # Long2short RL samples at it too: with the length reward at T = 0.7 it fell from 0.96 to 0.30 training
-    # accuracy in one iteration and lost 47 held-out points (bench/RESULTS.md, RL run 11)
+    # Long2short RL samples at it too: from one RL model, at T = 0.7 it lost 46.5 held-out points (d2
+    # 0.934 -> 0.348) in its 20 iterations, at 1.0 it lost 1.2 (bench/RESULTS.md, RL run 11)
     l2s_temperature: float = 1.0
     merge_ratio: float = 0.5
     l2s_samples: int = 4

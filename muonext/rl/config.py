@@ -202,7 +202,8 @@ def _tiny() -> PipelineConfig:
         # benchmark's budget (RL run 8: 101 in 907 CPU-s). No partial rollouts: on a CPU re-prefilling
         # the continued trajectories costs more than it saves (bench/RESULTS.md); the debug preset has them.
         # Rollouts at temperature 0.7: RL run 10 from one SFT model, greedy d3 after 900 CPU-s, +8.2 and
-        # +6.2 points at 0.7 against +1.1 and -3.2 at 1.0 (two seeds each; bench/RESULTS.md)
+        # +6.2 points at 0.7 against +1.1 and -3.2 at 1.0 (two seeds each), and +0.8 and +8.2 at 0.5
+        # (bench/RESULTS.md)
         rl=RLConfig(iterations=100, prompts_per_iter=16, samples_per_prompt=8, max_new_tokens=640,
                     segment_tokens=0, grad_steps=2, minibatch=32, lr=1e-4, tau=0.1, curriculum_ramp=10,
                     skip_uniform_groups=True, temperature=0.7),

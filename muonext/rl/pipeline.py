@@ -11,10 +11,10 @@ Stages, each writing DIR/<stage>/ and a `done.json` when complete (a finished st
                  (DIR/long_samples.json), the long model fine-tuned on the shortest correct one of each;
 * ``dpo``        long2short by DPO on the same samples: chosen = shortest correct, rejected = wrong or
                  ≥1.5× longer, the long model as reference;
-* ``l2s_rl``     long2short RL: RL from the long model with the length reward from iteration 0 and a
-                 shorter max length;
-* ``eval``       greedy held-out accuracy and response length per difficulty of every model, and for
-                 the SFT and RL models the sampled accuracy (pass@1 at the RL temperature).
+* ``l2s_rl``     long2short RL: RL from the long model with the length reward from iteration 0, a
+                 shorter max length and rollouts at `l2s_temperature` (as the long2short samples);
+* ``eval``       held-out accuracy and response length per difficulty of every model, greedy and sampled
+                 (`eval_samples` responses per problem at the RL temperature).
 
 DIR/metrics.jsonl has one object per logged point with `stage`, `iteration`, `reward`, `accuracy`,
 `mean_length` (+ stage-specific fields); DIR/plots/*.png are drawn from it; DIR/summary.json holds the

@@ -170,6 +170,9 @@ def test_shortest_sft_trains_on_each_prompts_shortest_correct_sample(tmp_path, m
     (tmp_path / "long_samples.json").write_text(json.dumps({"samples": samples[:3]}))
     with pytest.raises(ValueError, match="another configuration"):
         p._long_samples()
+    (tmp_path / "long_samples.json").write_text(json.dumps({"samples": samples, "temperature": 0.7}))
+    with pytest.raises(ValueError, match="found T = 0.7"):
+        p._long_samples()
 
 
 def test_long2short_rl_stage_config(tmp_path, monkeypatch):

@@ -208,18 +208,22 @@ class Pipeline:
         cfg, path = self.cfg, self.out / "long_samples.json"
         problems = self.train_set[: cfg.l2s_prompts]
         if path.exists():
-            samples = json.loads(path.read_text())["samples"]
-            if len(samples) != len(problems) or any(len(s) != cfg.l2s_samples for s in samples):
+            stored = json.loads(path.read_text())
+            samples = stored["samples"]
+            temperature = stored.get("temperature", 1.0)  # files written before the knob were drawn at 1.0
+            if (len(samples) != len(problems) or any(len(s) != cfg.l2s_samples for s in samples)
+                    or temperature != cfg.l2s_temperature):
                 raise ValueError(
                     f"{path} holds samples for another configuration (expected {len(problems)} prompts × "
-                    f"{cfg.l2s_samples}); delete it to draw them again"
+                    f"{cfg.l2s_samples} at T = {cfg.l2s_temperature}, found T = {temperature}); delete it to "
+                    f"draw them again"
                 )
             return problems, samples
         gen = torch.Generator().manual_seed(cfg.seed + 3)
         samples = sample_responses(self.load("rl"), problems, self.codec, cfg.l2s_samples, self.rl_max_new,
                                    cfg.l2s_temperature, gen)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"samples": samples}))
+        tmp.write_text(json.dumps({"samples": samples, "temperature": cfg.l2s_temperature}))
         tmp.replace(path)  # atomic: a killed run never leaves half a file
         return problems, samples
 

@@ -8,16 +8,19 @@ read. `--start CKPT` starts from another checkpoint of the same model instead (a
 training problems of `--difficulties`, and stops when its process CPU time reaches `--budget-s` (the
 evaluations are not counted). Every `--every` iterations it prints the greedy held-out accuracy per
 difficulty (and with `--samples N` the sampled accuracy, N responses per problem at the RL temperature),
-so one run shows whether and when RL moves it; one thread.
+so one run shows whether and when RL moves it; one thread. With `policy_ema` in `--rl`, "held_out" is the
+policy average the run hands on and "held_out_live" the live policy.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -56,15 +59,23 @@ def main() -> None:
     tasks = [MathTask(q) for q in pipe.train_set if q.difficulty in levels]
     trainer = RLTrainer(model, tasks, cfg.rl.replace(**{"iterations": 10**9, **json.loads(args.rl)}), pipe.codec)
 
-    def held_out() -> dict[str, float]:
-        model.eval()
-        res = evaluate(model, pipe.held_out, pipe.codec, pipe.eval_max_new, samples=args.samples,
+    handed_on = copy.deepcopy(model)
+
+    def scores(m: torch.nn.Module) -> dict[str, float]:
+        m.eval()
+        res = evaluate(m, pipe.held_out, pipe.codec, pipe.eval_max_new, samples=args.samples,
                        temperature=trainer.cfg.temperature, seed=cfg.seed + 11)
         out = {k: round(v["accuracy"], 3) for k, v in res.items()}
         out.update({f"{k}_sampled": round(v["sampled_accuracy"], 3) for k, v in res.items() if args.samples})
         return out
 
-    print(json.dumps({"iteration": 0, "cpu_s": 0.0, "held_out": held_out()}), flush=True)
+    def held_out() -> dict[str, Any]:
+        if trainer.policy_average is None:
+            return {"held_out": scores(model)}
+        handed_on.load_state_dict(trainer.policy_state())
+        return {"held_out": scores(handed_on), "held_out_live": scores(model)}
+
+    print(json.dumps({"iteration": 0, "cpu_s": 0.0, **held_out()}), flush=True)
     cpu = 0.0
     while cpu < args.budget_s:
         t0 = time.process_time()
@@ -73,8 +84,8 @@ def main() -> None:
         if trainer.iteration % args.every == 0:
             print(json.dumps({"iteration": trainer.iteration, "cpu_s": round(cpu, 1),
                               "reward": round(record["reward"], 3), "entropy": round(record["entropy"], 4),
-                              "held_out": held_out()}), flush=True)
-    print(json.dumps({"iteration": trainer.iteration, "cpu_s": round(cpu, 1), "held_out": held_out()}), flush=True)
+                              **held_out()}), flush=True)
+    print(json.dumps({"iteration": trainer.iteration, "cpu_s": round(cpu, 1), **held_out()}), flush=True)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import torch
 
 from muonext.rl.config import PipelineConfig
 from muonext.rl.pipeline import REQUIRED, STAGES, Pipeline
+from muonext.train.checkpoint import load_checkpoint
 
 TIMING = {"rollout_tokens_per_s", "reward_seconds"}
 
@@ -52,19 +53,31 @@ def test_debug_pipeline_end_to_end(tmp_path):
 
 
 def test_resumed_rl_stage_continues_identically(tmp_path):
+    """With the policy average on: the stage hands on the average, and it survives the resume too."""
     stages = ("sft", "rl")
     full, cut = tmp_path / "full", tmp_path / "cut"
-    Pipeline(_cfg(iterations=4), full, progress=False).run(stages)
-    out = Pipeline(_cfg(iterations=4), cut, progress=False, stop_after_rl_iteration=2).run(stages)
+    cfg = _cfg(iterations=4, policy_ema=0.5)
+    Pipeline(cfg, full, progress=False).run(stages)
+    out = Pipeline(cfg, cut, progress=False, stop_after_rl_iteration=2).run(stages)
     assert out == {"interrupted": "rl"}
     assert [r["iteration"] for r in _rl_records(cut)] == [0, 1]
-    Pipeline(_cfg(iterations=4), cut, progress=False).run(stages)
+    Pipeline(cfg, cut, progress=False).run(stages)
     a, b = _rl_records(full), _rl_records(cut)
     assert [r["iteration"] for r in b] == [0, 1, 2, 3]
     assert a == b
-    ma = Pipeline(_cfg(iterations=4), full, progress=False).load("rl").state_dict()
-    mb = Pipeline(_cfg(iterations=4), cut, progress=False).load("rl").state_dict()
+    ma = Pipeline(cfg, full, progress=False).load("rl").state_dict()
+    mb = Pipeline(cfg, cut, progress=False).load("rl").state_dict()
     assert all(torch.equal(ma[k], mb[k]) for k in ma)
+    # the average does not change training: a run without it takes the same steps, and its stage model
+    # is the last policy θ_4, so the handed-on average is 0.5·(average after iteration 3) + 0.5·θ_4
+    plain = tmp_path / "plain"
+    Pipeline(_cfg(iterations=4), plain, progress=False).run(stages)
+    assert _rl_records(plain) == a
+    last = Pipeline(_cfg(iterations=4), plain, progress=False).load("rl").state_dict()
+    average_3 = load_checkpoint(full / "rl" / "step_00000003").rank_state(0)["policy_average"]
+    for k, v in average_3.items():
+        torch.testing.assert_close(ma[k], 0.5 * v + 0.5 * last[k], rtol=0, atol=1e-6, msg=k)
+    assert any(not torch.equal(ma[k], last[k]) for k in average_3)
 
 
 class _Killed(Exception):
@@ -177,8 +190,9 @@ def test_shortest_sft_trains_on_each_prompts_shortest_correct_sample(tmp_path, m
 
 def test_long2short_rl_stage_config(tmp_path, monkeypatch):
     # long2short RL: from the RL model, length reward on from the first iteration, 3/4 of the rollout
-    # length, sampled at the long2short temperature (not the RL one)
-    cfg = dataclasses.replace(_cfg(temperature=0.7, max_new_tokens=40, length_weight=0.0, length_warmup=5),
+    # length, sampled at the long2short temperature (not the RL one), handing on its last policy
+    cfg = dataclasses.replace(_cfg(temperature=0.7, max_new_tokens=40, length_weight=0.0, length_warmup=5,
+                                   policy_ema=0.9),
                               l2s_temperature=1.0, l2s_iterations=3, l2s_length_weight=0.25)
     seen = {}
     monkeypatch.setattr(Pipeline, "_rl", lambda self, stage, start, rl_cfg: seen.update(
@@ -188,6 +202,7 @@ def test_long2short_rl_stage_config(tmp_path, monkeypatch):
     assert (seen["stage"], seen["start"]) == ("l2s_rl", "rl")
     assert (rl.temperature, rl.max_new_tokens, rl.iterations) == (1.0, 30, 3)
     assert (rl.length_weight, rl.length_warmup, rl.segment_tokens) == (0.25, 0, 10)
+    assert rl.policy_ema == 0.0
 
 
 def test_evaluate_scores_greedy_and_sampled_responses_per_level(monkeypatch):

@@ -1,16 +1,15 @@
 """The RL trainer: a code task whose program never ends (sandbox timeout in the reward path) does not
-stop training; group-whole minibatches; the optimizer reset."""
+stop training; group-whole minibatches; the optimizer reset; the policy's moving average."""
 
 import pytest
 import torch
 
 from muonext.models import MoonlightConfig, MoonlightForCausalLM
 from muonext.rl.config import RLConfig
-from muonext.rl.task_adapter import CodeTask, MathTask
+from muonext.rl.task_adapter import CodeTask, MathTask, RewardResult
 from muonext.rl.tasks import generate_problems
 from muonext.rl.text_codec import CharCodec
 from muonext.rl.trainer import RLTrainer
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -77,3 +76,49 @@ def test_config_validation_names_the_field():
         RLConfig(partial_grad="some")
     with pytest.raises(ValueError, match="samples_per_prompt"):
         RLConfig(samples_per_prompt=0)
+    with pytest.raises(ValueError, match="policy_ema"):
+        RLConfig(policy_ema=1.0)
+
+
+class _ParityTask:
+    """Reward 1 for an even-length response: samples of one prompt disagree, so every step moves the weights."""
+
+    difficulty = 1
+
+    def __init__(self, prompt: str) -> None:
+        self.prompt = prompt
+
+    def reward(self, response: str) -> RewardResult:
+        return RewardResult(float(len(response) % 2 == 0), len(response) % 2 == 0)
+
+
+def _float_state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().double() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+
+def test_policy_average_is_the_moving_average_of_each_iterations_weights():
+    tasks = [_ParityTask(f"{i} + 1 = ?") for i in range(4)]
+    # at T = 3 the untrained model's samples end at EOS at various lengths, so their rewards differ
+    cfg = RLConfig(iterations=3, prompts_per_iter=2, samples_per_prompt=4, max_new_tokens=24,
+                   sampling="uniform", lr=3e-2, temperature=3.0, truncation_reward=0.5, policy_ema=0.6)
+    trainer = RLTrainer(_model(), tasks, cfg)
+    expected = _float_state(trainer.model)
+    for _ in range(3):
+        trainer.step()
+        expected = {k: 0.6 * v + 0.4 * w for (k, v), w in zip(expected.items(), _float_state(trainer.model).values())}
+    averaged, live = trainer.policy_state(), trainer.model.state_dict()
+    for k, v in expected.items():
+        torch.testing.assert_close(averaged[k].double(), v, rtol=0, atol=1e-6, msg=k)
+    assert set(averaged) == set(live)
+    assert any(not torch.equal(averaged[k], live[k]) for k in expected)  # the weights did move
+    plain = RLTrainer(_model(), tasks, cfg.replace(policy_ema=0.0))
+    plain.step()
+    assert all(torch.equal(v, plain.model.state_dict()[k]) for k, v in plain.policy_state().items())
+
+
+def test_resume_refuses_a_checkpoint_written_with_another_policy_average(tmp_path):
+    tasks = [_ParityTask("1 + 1 = ?")]
+    cfg = RLConfig(iterations=1, prompts_per_iter=1, samples_per_prompt=2, max_new_tokens=4, sampling="uniform")
+    RLTrainer(_model(), tasks, cfg, ckpt_dir=tmp_path).train(progress=False)
+    with pytest.raises(ValueError, match="policy_ema"):
+        RLTrainer(_model(), tasks, cfg.replace(policy_ema=0.5), ckpt_dir=tmp_path).resume()

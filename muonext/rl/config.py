@@ -64,6 +64,10 @@ class RLConfig:
     skip_uniform_groups: bool = False
     partial_grad: str = "all"  # see rollout.py: which tokens of a multi-iteration trajectory take gradient
     max_grad_norm: float = 1.0
+    # The run hands on an exponential moving average of the policy's weights, updated after every
+    # iteration with this decay (0: the last policy). Rollouts and gradient steps use the live policy; the
+    # average smooths the swing of the live policy between iterations.
+    policy_ema: float = 0.0
     # length reward (weight 0 = off) after `length_warmup` iterations
     length_weight: float = 0.0
     length_warmup: int = 0
@@ -84,6 +88,8 @@ class RLConfig:
             raise ValueError(f"RLConfig.optimizer must be 'muon' or 'adamw', got {self.optimizer!r}")
         if self.partial_grad not in PARTIAL_GRAD:
             raise ValueError(f"RLConfig.partial_grad must be one of {PARTIAL_GRAD}, got {self.partial_grad!r}")
+        if not 0.0 <= self.policy_ema < 1.0:
+            raise ValueError(f"RLConfig.policy_ema must be in [0, 1), got {self.policy_ema}")
         if self.buffer_max_age is not None and self.buffer_max_age < 0:
             raise ValueError(f"RLConfig.buffer_max_age must be >= 0 or None, got {self.buffer_max_age}")
 

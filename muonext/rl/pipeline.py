@@ -3,8 +3,9 @@
 Stages, each writing DIR/<stage>/ and a `done.json` when complete (a finished stage is skipped on rerun):
 
 * ``sft``        the model learns the long-form solutions (so RL starts from a non-zero pass rate);
-* ``rl``         `RLTrainer` from the SFT model; a checkpoint per iteration (model, optimizer, sampler,
-                 replay buffer, RNGs): an interrupted run resumes from the last one;
+* ``rl``         `RLTrainer` from the SFT model; a checkpoint per iteration (model, policy average,
+                 optimizer, sampler, replay buffer, RNGs): an interrupted run resumes from the last one.
+                 The stage's model is the policy average (`RLConfig.policy_ema`), or the last policy;
 * ``short_sft``  the RL (long-CoT) model fine-tuned on the short solutions (the "short model");
 * ``merge``      long2short by weight merging: ratio·θ_long + (1 − ratio)·θ_short;
 * ``shortest_sft`` long2short by shortest rejection sampling: n samples per prompt from the long model
@@ -12,7 +13,8 @@ Stages, each writing DIR/<stage>/ and a `done.json` when complete (a finished st
 * ``dpo``        long2short by DPO on the same samples: chosen = shortest correct, rejected = wrong or
                  ≥1.5× longer, the long model as reference;
 * ``l2s_rl``     long2short RL: RL from the long model with the length reward from iteration 0, a
-                 shorter max length and rollouts at `l2s_temperature` (as the long2short samples);
+                 shorter max length and rollouts at `l2s_temperature` (as the long2short samples); it
+                 hands on its last policy, not an average;
 * ``eval``       held-out accuracy and response length per difficulty of every model, greedy and sampled
                  (`eval_samples` responses per problem at the RL temperature).
 
@@ -186,6 +188,7 @@ class Pipeline:
             limit = min(limit, self.stop_after)
         trainer.train(limit, progress=self.progress)
         if trainer.iteration >= rl_cfg.iterations:
+            model.load_state_dict(trainer.policy_state())
             self._finish(stage, model, trainer.iteration, iterations=trainer.iteration)
 
     def stage_rl(self) -> None:
@@ -261,7 +264,7 @@ class Pipeline:
         max_new = c.l2s_max_new_tokens or max(8, 3 * c.rl.max_new_tokens // 4)
         rl_cfg = c.rl.replace(iterations=c.l2s_iterations, length_weight=c.l2s_length_weight, length_warmup=0,
                               max_new_tokens=max_new, segment_tokens=min(c.rl.segment_tokens, max_new),
-                              temperature=c.l2s_temperature, seed=c.rl.seed + 1)
+                              temperature=c.l2s_temperature, seed=c.rl.seed + 1, policy_ema=0.0)
         if c.l2s_iterations == 0:
             self._finish("l2s_rl", self.load("rl"), 0)
             return

@@ -15,9 +15,11 @@ Per iteration i (`RLTrainer.step`):
     happened yet), then `grad_steps` passes of `pmd_loss` over minibatches of whole groups (r̄ is the
     group mean, so a group is never split), leaving out groups of equal rewards with
     `skip_uniform_groups`;
- 6. update the sampler's success rates with the outcomes of each prompt.
+ 6. update the sampler's success rates with the outcomes of each prompt;
+ 7. with `policy_ema` > 0, move the moving average of the policy's weights towards the new weights
+    (`policy_state()` is what the run hands on).
 
-State (`state_dict`) is the model, the optimizer, the sampler, the replay buffer and the RNGs; with
+State is the model, the policy average, the optimizer, the sampler, the replay buffer and the RNGs; with
 `save`/`resume` through `muonext.train.checkpoint` (safetensors + JSON, checksummed, no pickle), a
 resumed run continues exactly as the uninterrupted one (CPU, fp32).
 """
@@ -106,6 +108,10 @@ class RLTrainer:
                                      max_ngram=32, penalty=cfg.repeat_penalty)
         self.length = LengthPenalty(cfg.length_weight, cfg.length_warmup)
         self.optimizer = make_optimizer(model, cfg)
+        self.policy_average = (
+            {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+            if cfg.policy_ema > 0 else None
+        )
         self.iteration = 0
         self._prompt_cache: dict[int, list[int]] = {}
 
@@ -244,8 +250,23 @@ class RLTrainer:
         else:
             record.update(reward=0.0, accuracy=0.0, mean_length=0.0, entropy=0.0, log_ratio=0.0,
                           log_ratio_rms=0.0, reward_errors=0)
+        self._update_policy_average()
         self.iteration += 1
         return record
+
+    def _update_policy_average(self) -> None:
+        if self.policy_average is None:
+            return
+        live = self.model.state_dict()
+        with torch.no_grad():
+            for k, avg in self.policy_average.items():
+                avg.lerp_(live[k], 1.0 - self.cfg.policy_ema)
+
+    def policy_state(self) -> dict[str, torch.Tensor]:
+        """The weights the run hands on: the policy's moving average with `policy_ema` > 0, else the
+        live policy's."""
+        live = self.model.state_dict()
+        return live if self.policy_average is None else {**live, **self.policy_average}
 
     def _minibatches_plain(self, n: int) -> list[list[int]]:
         m = self.cfg.minibatch
@@ -284,7 +305,7 @@ class RLTrainer:
         path = save_checkpoint(
             self.ckpt_dir, self.iteration, model_state=self.model.state_dict(),
             rank_state={"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
-                        "torch_rng": torch.get_rng_state()},
+                        "torch_rng": torch.get_rng_state(), "policy_average": self.policy_average},
             shared={"version": STATE_VERSION, "iteration": self.iteration,
                     "sampler": self.sampler.state_dict(), "buffer": self.buffer.state_dict(),
                     "shuffle_rng": py_rng_state(self.shuffle_rng), "config": dataclasses.asdict(self.cfg)},
@@ -301,7 +322,13 @@ class RLTrainer:
         shared, rank = ck.shared, ck.rank_state(0)
         if shared.get("version") != STATE_VERSION:
             raise ValueError(f"{path}: RL trainer state version {shared.get('version')!r} is not {STATE_VERSION}")
+        if (rank.get("policy_average") is None) != (self.policy_average is None):
+            raise ValueError(f"{path}: written with{'out' if rank.get('policy_average') is None else ''} a "
+                             f"policy average, but RLConfig.policy_ema = {self.cfg.policy_ema}; resume with "
+                             "the policy_ema the run started with")
         self.model.load_state_dict(ck.model_state())
+        if self.policy_average is not None:
+            self.policy_average = {k: v.clone() for k, v in rank["policy_average"].items()}
         self.optimizer.load_state_dict(rank["optimizer"])
         self.generator.set_state(rank["generator"])
         torch.set_rng_state(rank["torch_rng"])

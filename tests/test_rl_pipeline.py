@@ -190,10 +190,10 @@ def test_shortest_sft_trains_on_each_prompts_shortest_correct_sample(tmp_path, m
 
 def test_long2short_rl_stage_config(tmp_path, monkeypatch):
     # long2short RL: from the RL model, length reward on from the first iteration, 3/4 of the rollout
-    # length, sampled at the long2short temperature (not the RL one), handing on its last policy
+    # length, sampled at the long2short temperature and averaged with the long2short decay (not the RL ones)
     cfg = dataclasses.replace(_cfg(temperature=0.7, max_new_tokens=40, length_weight=0.0, length_warmup=5,
                                    policy_ema=0.9),
-                              l2s_temperature=1.0, l2s_iterations=3, l2s_length_weight=0.25)
+                              l2s_temperature=1.0, l2s_iterations=3, l2s_length_weight=0.25, l2s_policy_ema=0.8)
     seen = {}
     monkeypatch.setattr(Pipeline, "_rl", lambda self, stage, start, rl_cfg: seen.update(
         stage=stage, start=start, rl=rl_cfg))
@@ -202,7 +202,7 @@ def test_long2short_rl_stage_config(tmp_path, monkeypatch):
     assert (seen["stage"], seen["start"]) == ("l2s_rl", "rl")
     assert (rl.temperature, rl.max_new_tokens, rl.iterations) == (1.0, 30, 3)
     assert (rl.length_weight, rl.length_warmup, rl.segment_tokens) == (0.25, 0, 10)
-    assert rl.policy_ema == 0.0
+    assert rl.policy_ema == 0.8
 
 
 def test_evaluate_scores_greedy_and_sampled_responses_per_level(monkeypatch):

@@ -13,8 +13,8 @@ Stages, each writing DIR/<stage>/ and a `done.json` when complete (a finished st
 * ``dpo``        long2short by DPO on the same samples: chosen = shortest correct, rejected = wrong or
                  ≥1.5× longer, the long model as reference;
 * ``l2s_rl``     long2short RL: RL from the long model with the length reward from iteration 0, a
-                 shorter max length and rollouts at `l2s_temperature` (as the long2short samples); it
-                 hands on its last policy, not an average;
+                 shorter max length, rollouts at `l2s_temperature` (as the long2short samples) and its
+                 own policy average (`l2s_policy_ema`);
 * ``eval``       held-out accuracy and response length per difficulty of every model, greedy and sampled
                  (`eval_samples` responses per problem at the RL temperature).
 
@@ -264,7 +264,7 @@ class Pipeline:
         max_new = c.l2s_max_new_tokens or max(8, 3 * c.rl.max_new_tokens // 4)
         rl_cfg = c.rl.replace(iterations=c.l2s_iterations, length_weight=c.l2s_length_weight, length_warmup=0,
                               max_new_tokens=max_new, segment_tokens=min(c.rl.segment_tokens, max_new),
-                              temperature=c.l2s_temperature, seed=c.rl.seed + 1, policy_ema=0.0)
+                              temperature=c.l2s_temperature, seed=c.rl.seed + 1, policy_ema=c.l2s_policy_ema)
         if c.l2s_iterations == 0:
             self._finish("l2s_rl", self.load("rl"), 0)
             return

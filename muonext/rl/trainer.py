@@ -322,13 +322,14 @@ class RLTrainer:
         shared, rank = ck.shared, ck.rank_state(0)
         if shared.get("version") != STATE_VERSION:
             raise ValueError(f"{path}: RL trainer state version {shared.get('version')!r} is not {STATE_VERSION}")
-        if (rank.get("policy_average") is None) != (self.policy_average is None):
-            raise ValueError(f"{path}: written with{'out' if rank.get('policy_average') is None else ''} a "
-                             f"policy average, but RLConfig.policy_ema = {self.cfg.policy_ema}; resume with "
-                             "the policy_ema the run started with")
+        saved_average = rank.get("policy_average")
+        if (saved_average is None) != (self.policy_average is None):
+            written = "without" if saved_average is None else "with"
+            raise ValueError(f"{path}: written {written} a policy average, but RLConfig.policy_ema = "
+                             f"{self.cfg.policy_ema}; resume with the policy_ema the run started with")
         self.model.load_state_dict(ck.model_state())
-        if self.policy_average is not None:
-            self.policy_average = {k: v.clone() for k, v in rank["policy_average"].items()}
+        if saved_average is not None:
+            self.policy_average = {k: v.clone() for k, v in saved_average.items()}
         self.optimizer.load_state_dict(rank["optimizer"])
         self.generator.set_state(rank["generator"])
         torch.set_rng_state(rank["torch_rng"])

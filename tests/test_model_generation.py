@@ -90,6 +90,18 @@ def test_logprobs_are_model_logprobs(model):
         torch.testing.assert_close(torch.tensor(lps, dtype=torch.float64), expect)
 
 
+def test_entropies_are_the_model_distributions_entropy_at_temperature_one(model):
+    # sampled at 0.7 and continued from the state (rows leave the batch on the way): every token still
+    # carries the entropy of the untempered distribution it was drawn from
+    r = generate(model, PROMPTS, [3, 5, 2, 4, 5], temperature=0.7, generator=torch.Generator().manual_seed(3))
+    r = generate(model, state=r.state, max_new_tokens=3, temperature=0.7, generator=torch.Generator().manual_seed(4))
+    for p, toks, ents in zip(PROMPTS, r.tokens, r.entropies):
+        assert len(ents) == len(toks)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([p + toks])).logits[0, len(p) - 1 : -1], -1)
+        torch.testing.assert_close(torch.tensor(ents, dtype=torch.float64), -(logp.exp() * logp).sum(-1))
+
+
 def test_sampling_is_seeded_and_filters_work(model, reference):
     a = generate(model, PROMPTS, 6, temperature=1.0, top_k=20, generator=torch.Generator().manual_seed(1))
     b = generate(model, PROMPTS, 6, temperature=1.0, top_k=20, generator=torch.Generator().manual_seed(1))

@@ -1,5 +1,6 @@
 """The RL trainer: a code task whose program never ends (sandbox timeout in the reward path) does not
-stop training; group-whole minibatches; the optimizer reset; the policy's moving average."""
+stop training; group-whole minibatches; the optimizer reset; the policy's moving average; log π_i from
+the rollout."""
 
 import pytest
 import torch
@@ -78,6 +79,8 @@ def test_config_validation_names_the_field():
         RLConfig(samples_per_prompt=0)
     with pytest.raises(ValueError, match="policy_ema"):
         RLConfig(policy_ema=1.0)
+    with pytest.raises(ValueError, match="reference_logprobs"):
+        RLConfig(reference_logprobs="cached")
 
 
 class _ParityTask:
@@ -122,3 +125,31 @@ def test_resume_refuses_a_checkpoint_written_with_another_policy_average(tmp_pat
     RLTrainer(_model(), tasks, cfg, ckpt_dir=tmp_path).train(progress=False)
     with pytest.raises(ValueError, match="policy_ema"):
         RLTrainer(_model(), tasks, cfg.replace(policy_ema=0.5), ckpt_dir=tmp_path).resume()
+
+
+@pytest.mark.parametrize("partial_grad", ["all", "last_segment"])
+def test_reference_logprobs_from_the_rollout_equal_a_forward_pass(partial_grad):
+    # 12-token segments of up to 24 tokens: continued trajectories finish with earlier segments, which
+    # "all" scores by a forward pass; T = 3 so that tempered log-probs would not pass for π_i's
+    tasks = [_ParityTask(f"{i} + 1 = ?") for i in range(4)]
+    cfg = RLConfig(iterations=4, prompts_per_iter=2, samples_per_prompt=4, max_new_tokens=24, segment_tokens=12,
+                   sampling="uniform", lr=3e-2, temperature=3.0, truncation_reward=0.5, partial_grad=partial_grad)
+    trainer = RLTrainer(_model(), tasks, cfg)
+    seen = {"rollout": 0, "continued": 0}
+    from_rollout = trainer._reference_logp
+
+    def both(done, trained):
+        got = from_rollout(done, trained)
+        trainer.cfg = cfg.replace(reference_logprobs="forward")
+        expect = from_rollout(done, trained)
+        trainer.cfg = cfg
+        torch.testing.assert_close(got[trained], expect[trained], rtol=0, atol=1e-4)
+        assert not got[[j for j in range(len(done)) if j not in set(trained)]].isfinite().any()
+        seen["rollout"] += sum(done[j].segment_start == 0 for j in trained)
+        seen["continued"] += sum(done[j].segment_start > 0 for j in trained)
+        return got
+
+    trainer._reference_logp = both
+    records = trainer.train(progress=False)
+    assert seen["rollout"] and seen["continued"], seen
+    assert all(r["entropy"] > 0 for r in records)

@@ -16,7 +16,10 @@ Legend: B active sequences, L layers, S cache slots, Lat = kv_lora_rank + qk_rop
   instead: `generate(model, [prompt + tokens, ...], ...)` recomputes the cache from the tokens.
 
 `result.tokens[i]` is every token generated for sequence i since its prompt (across continuations);
-`result.logprobs[i]` their log-probabilities under the model (temperature 1, before top-k/top-p).
+`result.logprobs[i]` their log-probabilities under the model (temperature 1, before top-k/top-p), and
+`result.entropies[i]` the entropy (nats) of each distribution they were drawn from, also at temperature 1:
+an RL trainer needs both of the policy that sampled, and they cost one (B, V) pass per step here against a
+full forward pass later.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class GenerationState:
     next_input: torch.Tensor  # (B,) last sampled token of each active row, not yet in the cache
     tokens: list[list[int]] = field(default_factory=list)  # generated tokens of every sequence
     logprobs: list[list[float]] = field(default_factory=list)
+    entropies: list[list[float]] = field(default_factory=list)
     finished: list[bool] = field(default_factory=list)
 
 
@@ -50,6 +54,7 @@ class GenerationResult:
     finished: list[bool]  # emitted a stop token
     lengths: list[int]  # len(tokens[i])
     logprobs: list[list[float]]
+    entropies: list[list[float]]
     state: GenerationState
 
 
@@ -154,9 +159,12 @@ def _generate(
         lse, best = ops.logsumexp_argmax(logits)
         tok = best if temperature == 0.0 else sample_next(logits_BV, temperature, top_k, top_p, generator)
         lp = logits.gather(-1, tok.unsqueeze(-1)).squeeze(-1) - lse
-        for r, t, x in zip(st.rows, tok.tolist(), lp.tolist()):
+        # H = lse − Σ p·logit with p = exp(logit − lse)
+        ent = lse - ((logits - lse.unsqueeze(-1)).exp() * logits).sum(-1)
+        for r, t, x, h in zip(st.rows, tok.tolist(), lp.tolist(), ent.tolist()):
             st.tokens[r].append(t)
             st.logprobs[r].append(x)
+            st.entropies[r].append(h)
         return tok
 
     if prompts is not None:
@@ -168,6 +176,7 @@ def _generate(
             pad,
             list(range(n_seq)),
             torch.empty(0),
+            [[] for _ in range(n_seq)],
             [[] for _ in range(n_seq)],
             [[] for _ in range(n_seq)],
             [False] * n_seq,
@@ -183,6 +192,7 @@ def _generate(
             state.next_input,
             [list(t) for t in state.tokens],
             [list(x) for x in state.logprobs],
+            [list(x) for x in state.entropies],
             list(state.finished),
         )
         left = [budgets[r] for r in st.rows]
@@ -224,6 +234,7 @@ def _generate(
         list(st.finished),
         [len(t) for t in st.tokens],
         [list(x) for x in st.logprobs],
+        [list(x) for x in st.entropies],
         st,
     )
 
@@ -247,6 +258,7 @@ def select_rows(
         st.next_input.index_select(0, idx),
         st.tokens,
         st.logprobs,
+        st.entropies,
         st.finished,
     )
 
@@ -270,5 +282,6 @@ def _merge(parts: list[GenerationState]) -> GenerationState:
         b += n
     first = parts[0]
     return GenerationState(
-        cache, length, torch.cat(pads), rows, torch.cat(nxt), first.tokens, first.logprobs, first.finished
+        cache, length, torch.cat(pads), rows, torch.cat(nxt), first.tokens, first.logprobs, first.entropies,
+        first.finished,
     )

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PARTIAL_GRAD = ("all", "last_segment")
+REFERENCE_LOGPROBS = ("rollout", "forward")
 
 
 def _positive(obj: Any, *names: str) -> None:
@@ -63,6 +64,11 @@ class RLConfig:
     # their only gradient is the τ term's pull back to π_i (zero on the first pass). Off: the paper's loss
     skip_uniform_groups: bool = False
     partial_grad: str = "all"  # see rollout.py: which tokens of a multi-iteration trajectory take gradient
+    # log π_i of the responses: "rollout" sums the log-probs the sampler recorded for the tokens π_i itself
+    # sampled (a forward pass only for older segments); "forward" scores every trained response again with a
+    # forward pass. In float32 on a CPU the two differ by about 2e-5 nats on a 500-token response
+    # (bench/RESULTS.md, RL run 13); the forward pass was a quarter of an iteration's time
+    reference_logprobs: str = "rollout"
     max_grad_norm: float = 1.0
     # The run hands on an exponential moving average of the policy's weights, updated after every
     # iteration with this decay (0: the last policy). Rollouts and gradient steps use the live policy; the
@@ -86,6 +92,9 @@ class RLConfig:
                       "length_warmup", "curriculum_ramp", "temperature", "repeat_min_span")
         if self.optimizer not in ("muon", "adamw"):
             raise ValueError(f"RLConfig.optimizer must be 'muon' or 'adamw', got {self.optimizer!r}")
+        if self.reference_logprobs not in REFERENCE_LOGPROBS:
+            raise ValueError(f"RLConfig.reference_logprobs must be one of {REFERENCE_LOGPROBS}, "
+                             f"got {self.reference_logprobs!r}")
         if self.partial_grad not in PARTIAL_GRAD:
             raise ValueError(f"RLConfig.partial_grad must be one of {PARTIAL_GRAD}, got {self.partial_grad!r}")
         if not 0.0 <= self.policy_ema < 1.0:

@@ -24,6 +24,11 @@ Which tokens take gradient for a trajectory that spans iterations (RLConfig.part
 * ``"last_segment"``: only the tokens generated in the finishing iteration (sampled by π_i itself) take
   gradient; the earlier segments are context (the paper's option of excluding older segments from the
   loss). Exactly on-policy, at the cost of signal on the earlier tokens.
+
+Each trajectory keeps the log-probs of this iteration's segment under the policy that sampled it (π_i,
+at temperature 1): the trainer takes log π_i of those tokens from them instead of a forward pass
+(RLConfig.reference_logprobs). `RolloutStats.entropy` is the mean entropy of the policy's distributions
+over every token generated in the call.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ class Trajectory:
     segments: int
     status: str = "partial"
     meta: dict = field(default_factory=dict)
+    segment_logprobs: list[float] = field(default_factory=list)  # of tokens[segment_start:] under π_i
 
     @property
     def done(self) -> bool:
@@ -77,6 +83,7 @@ class RolloutStats:
     new_tokens: int
     seconds: float
     prefill_tokens: int
+    entropy: float = 0.0  # mean over the new tokens, nats
 
     @property
     def tokens_per_s(self) -> float:
@@ -152,6 +159,7 @@ def rollout(
             status = "partial"
         meta = {k: v for k, v in r.meta.items() if k != "group"}
         out.append(Trajectory(int(r.prompt_id), str(r.meta.get("group", r.prompt_id)), list(r.prompt_tokens),
-                              tokens, before[i], r.start_iter, r.segments + 1, status, meta))
+                              tokens, before[i], r.start_iter, r.segments + 1, status, meta, result.logprobs[i]))
     new = sum(len(t.tokens) - b for t, b in zip(out, before))
-    return out, RolloutStats(new, seconds, sum(len(x) for x in inputs))
+    entropy = sum(sum(e) for e in result.entropies) / max(new, 1)
+    return out, RolloutStats(new, seconds, sum(len(x) for x in inputs), entropy)

@@ -11,8 +11,9 @@ Per iteration i (`RLTrainer.step`):
  4. rewards: the task's verifier (1/0), `repeat_penalty` for degenerate ones, `truncation_reward` for
     ones that hit the length limit, plus the weighted length reward after `length_warmup`, ranked among
     the samples of the same group (prompt × launch iteration) that finished in this iteration;
- 5. log π_i(y|x) once, with the weights as they are now (= π_i: no gradient step of this iteration has
-    happened yet), then `grad_steps` passes of `pmd_loss` over minibatches of whole groups (r̄ is the
+ 5. log π_i(y|x) of the trained responses once, before any gradient step of this iteration: from the
+    log-probs the rollout recorded (`reference_logprobs="rollout"`, where π_i sampled every scored token)
+    or a forward pass with the weights as they are now (= π_i), then `grad_steps` passes of `pmd_loss` over minibatches of whole groups (r̄ is the
     group mean, so a group is never split), leaving out groups of equal rewards with
     `skip_uniform_groups`;
  6. update the sampler's success rates with the outcomes of each prompt;
@@ -27,6 +28,7 @@ resumed run continues exactly as the uninterrupted one (CPU, fp32).
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import time
 from collections import defaultdict
@@ -48,7 +50,7 @@ from muonext.train.checkpoint import (
 
 from .config import RLConfig
 from .length import LengthPenalty
-from .loss import pmd_loss, sequence_logprobs, token_entropy
+from .loss import pmd_loss, sequence_logprobs
 from .repeat import RepeatDetector
 from .replay import ReplayBuffer
 from .rollout import Trajectory, new_request, rollout
@@ -154,12 +156,30 @@ class RLTrainer:
         return rewards, correct, errors
 
     # ------------------------------------------------------------------------------------- one step
-    def _forward_logp(self, trajs: Sequence[Trajectory], with_entropy: bool = False):
+    def _forward_logp(self, trajs: Sequence[Trajectory]) -> torch.Tensor:
         tokens, attn, mask = batch_tensors(trajs, self.codec.pad_id, self.cfg.partial_grad == "last_segment")
-        logits = self.model(tokens, attention_mask=attn).logits
-        logp = sequence_logprobs(logits, tokens, mask)
-        ent = token_entropy(logits, tokens, mask).item() if with_entropy else None
-        return logp, ent
+        return sequence_logprobs(self.model(tokens, attention_mask=attn).logits, tokens, mask)
+
+    @torch.no_grad()
+    def _reference_logp(self, done: list[Trajectory], trained: Sequence[int]) -> torch.Tensor:
+        """(len(done),) log π_i(y|x) of the trained responses (NaN elsewhere), before any gradient step.
+
+        With `reference_logprobs="rollout"`, a response whose scored tokens were all sampled in this
+        iteration sums the log-probs the sampler recorded (π_i's own, at temperature 1); the others (earlier
+        segments scored under partial_grad "all") and every response with "forward" take a forward pass.
+        """
+        ref = torch.full((len(done),), float("nan"))
+        from_rollout = self.cfg.reference_logprobs == "rollout"
+        last_segment = self.cfg.partial_grad == "last_segment"
+        forward = []
+        for j in trained:
+            if from_rollout and (last_segment or done[j].segment_start == 0):
+                ref[j] = math.fsum(done[j].segment_logprobs)
+            else:
+                forward.append(j)
+        for mb in self._minibatches_plain(len(forward)):
+            ref[[forward[m] for m in mb]] = self._forward_logp([done[forward[m]] for m in mb])
+        return ref
 
     def _groups(self, done: Sequence[Trajectory], members: Sequence[int]) -> list[list[int]]:
         groups = defaultdict(list)
@@ -212,23 +232,17 @@ class RLTrainer:
             t0 = time.perf_counter()
             rewards, correct, errors = self._rewards(done, i)
             record["reward_seconds"] = time.perf_counter() - t0
-            with torch.no_grad():
-                ref_parts, ent = [], []
-                for mb in self._minibatches_plain(len(done)):
-                    lp, e = self._forward_logp([done[j] for j in mb], with_entropy=True)
-                    ref_parts.append(lp)
-                    ent.append(e * len(mb))
-                logp_ref = torch.cat(ref_parts)
             r_all = torch.tensor(rewards)
             gid = {g: n for n, g in enumerate(dict.fromkeys(t.group for t in done))}
             groups_all = torch.tensor([gid[t.group] for t in done])
             trained = self._trained(done, rewards)
+            logp_ref = self._reference_logp(done, trained)
             self.model.train()
             last: dict[str, float] = {}
             for _ in range(cfg.grad_steps):
                 for mb in self._minibatches(done, trained):
                     idx = torch.tensor(mb)
-                    logp, _ = self._forward_logp([done[j] for j in mb])
+                    logp = self._forward_logp([done[j] for j in mb])
                     loss, last = pmd_loss(logp, logp_ref[idx], r_all[idx], cfg.tau, group_ids=groups_all[idx])
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
@@ -242,13 +256,13 @@ class RLTrainer:
             record.update(
                 reward=sum(rewards) / len(rewards), accuracy=sum(correct) / len(correct),
                 mean_length=sum(len(t.tokens) for t in done) / len(done),
-                entropy=sum(ent) / len(done), log_ratio=last.get("log_ratio_mean", 0.0),
+                entropy=stats.entropy, log_ratio=last.get("log_ratio_mean", 0.0),
                 log_ratio_rms=last.get("log_ratio_rms", 0.0), loss_pg=last.get("loss_pg", 0.0),
                 loss_kl=last.get("loss_kl", 0.0), reward_errors=errors,
                 segments_mean=sum(t.segments for t in done) / len(done), trained=len(trained),
             )
         else:
-            record.update(reward=0.0, accuracy=0.0, mean_length=0.0, entropy=0.0, log_ratio=0.0,
+            record.update(reward=0.0, accuracy=0.0, mean_length=0.0, entropy=stats.entropy, log_ratio=0.0,
                           log_ratio_rms=0.0, reward_errors=0)
         self._update_policy_average()
         self.iteration += 1

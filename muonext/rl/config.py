@@ -217,8 +217,9 @@ def _tiny() -> PipelineConfig:
         # the long model on d2; 400 put it 9 points above at a third of the length (bench/RESULTS.md)
         short_sft_steps=400,
         # long solutions with column work, long multiplication and the re-check: up to 247 characters on
-        # level 2, 632 on level 3 (1% over 579). 100 iterations are about 15 CPU-minutes of RL, the
-        # benchmark's budget (RL run 8: 101 in 907 CPU-s). No partial rollouts: on a CPU re-prefilling
+        # level 2, 632 on level 3 (1% over 579). 100 iterations were 15 CPU-minutes of RL, the benchmark's
+        # budget (RL run 8: 101 in 907 CPU-s); with log π_i from the rollout they are about 600, and 145-149
+        # iterations in 900 CPU-s read the same as 100 (RL run 13). No partial rollouts: on a CPU re-prefilling
         # the continued trajectories costs more than it saves (bench/RESULTS.md); the debug preset has them.
         # Rollouts at temperature 0.7: RL run 10 from one SFT model, greedy d3 after 900 CPU-s, +8.2 and
         # +6.2 points at 0.7 against +1.1 and -3.2 at 1.0 (two seeds each), and +0.8 and +8.2 at 0.5
@@ -232,9 +233,10 @@ def _tiny() -> PipelineConfig:
         shortest_sft_steps=80,
         dpo_steps=30,
         # long2short RL from the averaged RL model of RL run 12: its last policy after 20 iterations at
-        # length weight 0.5 lost 7.6 points; 30 at 0.25 with the policy average (0.9) lost 2.1 at -39% length
+        # length weight 0.5 lost 7.6 points; 30 at 0.25 with the policy average (0.9) lost 2.1 and 0.4 (two
+        # seeds), at 0.2 1.9 and 1.0, all at -39% length (RL runs 12 and 13)
         l2s_iterations=30,
-        l2s_length_weight=0.25,
+        l2s_length_weight=0.2,
         l2s_policy_ema=0.9,
     )
 

@@ -190,10 +190,12 @@ def test_shortest_sft_trains_on_each_prompts_shortest_correct_sample(tmp_path, m
 
 def test_long2short_rl_stage_config(tmp_path, monkeypatch):
     # long2short RL: from the RL model, length reward on from the first iteration, 3/4 of the rollout
-    # length, sampled at the long2short temperature and averaged with the long2short decay (not the RL ones)
+    # length, sampled at the long2short temperature, averaged with the long2short decay and stepped at the
+    # long2short lr (not the RL ones)
     cfg = dataclasses.replace(_cfg(temperature=0.7, max_new_tokens=40, length_weight=0.0, length_warmup=5,
                                    policy_ema=0.9),
-                              l2s_temperature=1.0, l2s_iterations=3, l2s_length_weight=0.25, l2s_policy_ema=0.8)
+                              l2s_temperature=1.0, l2s_iterations=3, l2s_length_weight=0.25, l2s_policy_ema=0.8,
+                              l2s_lr=5e-5)
     seen = {}
     monkeypatch.setattr(Pipeline, "_rl", lambda self, stage, start, rl_cfg: seen.update(
         stage=stage, start=start, rl=rl_cfg))
@@ -202,7 +204,9 @@ def test_long2short_rl_stage_config(tmp_path, monkeypatch):
     assert (seen["stage"], seen["start"]) == ("l2s_rl", "rl")
     assert (rl.temperature, rl.max_new_tokens, rl.iterations) == (1.0, 30, 3)
     assert (rl.length_weight, rl.length_warmup, rl.segment_tokens) == (0.25, 0, 10)
-    assert rl.policy_ema == 0.8
+    assert (rl.policy_ema, rl.lr) == (0.8, 5e-5)
+    Pipeline(dataclasses.replace(cfg, l2s_lr=0.0), tmp_path, progress=False).stage_l2s_rl()
+    assert seen["rl"].lr == cfg.rl.lr  # 0: the RL stage's
 
 
 def test_evaluate_scores_greedy_and_sampled_responses_per_level(monkeypatch):
@@ -231,3 +235,9 @@ def test_evaluate_scores_greedy_and_sampled_responses_per_level(monkeypatch):
     assert res["1"]["mean_length"] == (len(right[0]) + len(wrong)) / 2
     assert res["1"]["sampled_mean_length"] == (3 * len(right[0]) + 5 * len(wrong)) / 8
     assert "sampled_accuracy" not in stages.evaluate(None, problems, codec, 32)["all"]
+
+
+def test_pipeline_config_validation_names_the_field():
+    for field, bad in (("l2s_lr", -1e-4), ("l2s_policy_ema", 1.0), ("merge_ratio", 1.5), ("difficulties", ())):
+        with pytest.raises(ValueError, match=f"PipelineConfig.{field}"):
+            PipelineConfig.preset("debug", **{field: bad})

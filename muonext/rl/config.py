@@ -144,6 +144,7 @@ class PipelineConfig:
     # decay of the moving average long2short RL hands on (0: its last policy); see RLConfig.policy_ema
     l2s_policy_ema: float = 0.0
     l2s_max_new_tokens: int = 0  # 0: 3/4 of rl.max_new_tokens
+    l2s_lr: float = 0.0  # 0: rl.lr
     eval_max_new_tokens: int = 0  # 0: rl.max_new_tokens
     # every model is also scored by sampling this many responses per held-out problem at the RL
     # temperature (0: greedy only)
@@ -160,7 +161,8 @@ class PipelineConfig:
         _positive(self, "n_train", "n_eval_per_difficulty", "sft_batch", "sft_lr", "shortest_sft_lr",
                   "l2s_temperature", "l2s_samples", "l2s_prompts", "dpo_beta", "dpo_lr", "stage_checkpoint_every")
         _non_negative(self, "sft_steps", "short_sft_steps", "shortest_sft_steps", "dpo_steps", "l2s_iterations",
-                      "l2s_length_weight", "l2s_max_new_tokens", "eval_max_new_tokens", "eval_samples")
+                      "l2s_length_weight", "l2s_max_new_tokens", "l2s_lr", "eval_max_new_tokens",
+                      "eval_samples")
         if not 0.0 <= self.l2s_policy_ema < 1.0:
             raise ValueError(f"PipelineConfig.l2s_policy_ema must be in [0, 1), got {self.l2s_policy_ema}")
         if not 0.0 <= self.merge_ratio <= 1.0:
@@ -234,9 +236,11 @@ def _tiny() -> PipelineConfig:
         dpo_steps=30,
         # long2short RL from the averaged RL model of RL run 12: its last policy after 20 iterations at
         # length weight 0.5 lost 7.6 points; 30 at 0.25 with the policy average (0.9) lost 2.1 and 0.4 (two
-        # seeds), at 0.2 1.9 and 1.0, all at -39% length (RL runs 12 and 13)
+        # seeds), at 0.2 1.9 and 1.0, all at -39% length. From run 13's RL model at 0.2 it lost 3.5 and 2.0 at
+        # the RL lr (1e-4), 0.8 and 1.4 at 5e-5, the same -38% length (RL runs 12 and 13)
         l2s_iterations=30,
         l2s_length_weight=0.2,
+        l2s_lr=5e-5,
         l2s_policy_ema=0.9,
     )
 

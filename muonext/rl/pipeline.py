@@ -264,7 +264,8 @@ class Pipeline:
         max_new = c.l2s_max_new_tokens or max(8, 3 * c.rl.max_new_tokens // 4)
         rl_cfg = c.rl.replace(iterations=c.l2s_iterations, length_weight=c.l2s_length_weight, length_warmup=0,
                               max_new_tokens=max_new, segment_tokens=min(c.rl.segment_tokens, max_new),
-                              temperature=c.l2s_temperature, seed=c.rl.seed + 1, policy_ema=c.l2s_policy_ema)
+                              temperature=c.l2s_temperature, seed=c.rl.seed + 1, policy_ema=c.l2s_policy_ema,
+                              lr=c.l2s_lr or c.rl.lr)
         if c.l2s_iterations == 0:
             self._finish("l2s_rl", self.load("rl"), 0)
             return

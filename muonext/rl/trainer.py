@@ -13,9 +13,9 @@ Per iteration i (`RLTrainer.step`):
     the samples of the same group (prompt × launch iteration) that finished in this iteration;
  5. log π_i(y|x) of the trained responses once, before any gradient step of this iteration: from the
     log-probs the rollout recorded (`reference_logprobs="rollout"`, where π_i sampled every scored token)
-    or a forward pass with the weights as they are now (= π_i), then `grad_steps` passes of `pmd_loss` over minibatches of whole groups (r̄ is the
-    group mean, so a group is never split), leaving out groups of equal rewards with
-    `skip_uniform_groups`;
+    or a forward pass with the weights as they are now (= π_i); then `grad_steps` passes of `pmd_loss`
+    over minibatches of whole groups (r̄ is the group mean, so a group is never split), leaving out
+    groups of equal rewards with `skip_uniform_groups`;
  6. update the sampler's success rates with the outcomes of each prompt;
  7. with `policy_ema` > 0, move the moving average of the policy's weights towards the new weights
     (`policy_state()` is what the run hands on).

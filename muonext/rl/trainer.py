@@ -178,7 +178,8 @@ class RLTrainer:
             else:
                 forward.append(j)
         for mb in self._minibatches_plain(len(forward)):
-            ref[[forward[m] for m in mb]] = self._forward_logp([done[forward[m]] for m in mb])
+            rows = [forward[m] for m in mb]
+            ref[rows] = self._forward_logp([done[j] for j in rows])
         return ref
 
     def _groups(self, done: Sequence[Trajectory], members: Sequence[int]) -> list[list[int]]:
@@ -224,7 +225,7 @@ class RLTrainer:
             "iteration": i, "rollouts": len(trajs), "continued": n_continued, "expired": n_expired,
             "finished": len(done), "replay_buffer": len(self.buffer),
             "rollout_tokens": stats.new_tokens, "rollout_tokens_per_s": stats.tokens_per_s,
-            "repeat_ended": sum(t.status == "repeat" for t in done),
+            "entropy": stats.entropy, "repeat_ended": sum(t.status == "repeat" for t in done),
             "truncated": sum(t.status == "truncated" for t in done),
             "max_difficulty": self.sampler.curriculum.max_allowed(i),
         }
@@ -256,13 +257,13 @@ class RLTrainer:
             record.update(
                 reward=sum(rewards) / len(rewards), accuracy=sum(correct) / len(correct),
                 mean_length=sum(len(t.tokens) for t in done) / len(done),
-                entropy=stats.entropy, log_ratio=last.get("log_ratio_mean", 0.0),
+                log_ratio=last.get("log_ratio_mean", 0.0),
                 log_ratio_rms=last.get("log_ratio_rms", 0.0), loss_pg=last.get("loss_pg", 0.0),
                 loss_kl=last.get("loss_kl", 0.0), reward_errors=errors,
                 segments_mean=sum(t.segments for t in done) / len(done), trained=len(trained),
             )
         else:
-            record.update(reward=0.0, accuracy=0.0, mean_length=0.0, entropy=stats.entropy, log_ratio=0.0,
+            record.update(reward=0.0, accuracy=0.0, mean_length=0.0, log_ratio=0.0,
                           log_ratio_rms=0.0, reward_errors=0)
         self._update_policy_average()
         self.iteration += 1

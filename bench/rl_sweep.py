@@ -4,12 +4,14 @@
         --rl '{"optimizer": "adamw", "lr": 1e-5, "samples_per_prompt": 8, "segment_tokens": 0}'
 
 RUN_DIR is a pipeline directory whose `sft` stage has finished (e.g. from bench/rl_arith.py); it is only
-read. `--start CKPT` starts from another checkpoint of the same model instead (a mid-SFT one). The RL trainer starts from that checkpoint with the preset's RL config plus `--rl` overrides, on the
-training problems of `--difficulties`, and stops when its process CPU time reaches `--budget-s` (the
-evaluations are not counted). Every `--every` iterations it prints the greedy held-out accuracy per
-difficulty (and with `--samples N` the sampled accuracy, N responses per problem at the RL temperature),
-so one run shows whether and when RL moves it; one thread. With `policy_ema` in `--rl`, "held_out" is the
-policy average the run hands on and "held_out_live" the live policy.
+read. `--start CKPT` starts from another checkpoint of the same model instead (a mid-SFT one); `--config`
+overrides the preset's pipeline settings (another model size). The RL trainer starts from that checkpoint
+with the preset's RL config plus `--rl` overrides, on the training problems of `--difficulties`, and stops
+when its process CPU time reaches `--budget-s` (the evaluations are not counted). Every `--every`
+iterations it prints the greedy held-out accuracy per difficulty (and with `--samples N` the sampled
+accuracy, N responses per problem at the RL temperature), so one run shows whether and when RL moves it;
+one thread. With `policy_ema` in `--rl`, "held_out" is the policy average the run hands on and
+"held_out_live" the live policy.
 """
 
 from __future__ import annotations
@@ -44,12 +46,14 @@ def main() -> None:
     ap.add_argument("--n-eval", type=int, default=64)
     ap.add_argument("--samples", type=int, default=0, help="also sampled accuracy, this many per problem")
     ap.add_argument("--rl", default="{}", help="JSON overrides of the preset's RLConfig")
+    ap.add_argument("--config", default="{}", help="JSON overrides of the preset's PipelineConfig (e.g. "
+                                                   "model_overrides, which must match RUN_DIR's SFT model)")
     ap.add_argument("--start", help="a checkpoint directory to start from instead of the finished SFT stage "
                                     "(e.g. RUN_DIR/sft/progress/step_00000800, a mid-SFT model)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     levels = {int(x) for x in args.difficulties.split(",")}
-    cfg = PipelineConfig.preset(args.preset, n_eval_per_difficulty=args.n_eval)
+    cfg = PipelineConfig.preset(args.preset, **{**json.loads(args.config), "n_eval_per_difficulty": args.n_eval})
     pipe = Pipeline(cfg, args.run_dir, progress=False)
     if args.start is None:
         model = pipe.load("sft")

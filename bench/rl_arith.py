@@ -16,12 +16,14 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rl_errors import first_error
 from timer import interleaved_medians
 
 from muonext.models.generation import generate
@@ -88,7 +90,7 @@ def product_strategies(p: Pipeline, stages: tuple[str, ...]) -> dict:
     """Greedy, on the held-out problems of the hardest level: the share of product steps (with a
     two-digit operand) each model works by long multiplication, and its accuracy on the problems where it
     works them all and where it writes them all in one line. RL's gain on that level is mostly the
-    choice of strategy (tasks.py)."""
+    choice of strategy (tasks.py). Also where the wrong responses first go wrong (rl_errors.py)."""
     hardest = max(q.difficulty for q in p.held_out)
     probs = [q for q in p.held_out if q.difficulty == hardest]
     out = {}
@@ -96,16 +98,20 @@ def product_strategies(p: Pipeline, stages: tuple[str, ...]) -> dict:
         responses = sample_responses(p.load(stage).eval(), probs, p.codec, 1, p.eval_max_new, temperature=0.0)
         worked = one_line = 0
         right = {"long": [], "one_line": []}
+        errors: Counter[str] = Counter()
         for q, (toks,) in zip(probs, responses):
             text = p.codec.decode(toks)
             w, o = product_steps(text)
             worked, one_line = worked + w, one_line + o
+            if not verify(text, q.answer):
+                errors[first_error(text, q.answer)] += 1
             if w or o:
                 kind = "long" if not o else "one_line" if not w else "mixed"
                 right.setdefault(kind, []).append(verify(text, q.answer))
         out[stage] = {"difficulty": hardest, "long_share": worked / max(1, worked + one_line),
                       **{f"{k}_problems": len(v) for k, v in right.items()},
-                      **{f"{k}_accuracy": sum(v) / len(v) for k, v in right.items() if v}}
+                      **{f"{k}_accuracy": sum(v) / len(v) for k, v in right.items() if v},
+                      "first_errors": dict(errors.most_common())}
     return out
 
 
@@ -118,11 +124,14 @@ def main() -> None:
     ap.add_argument("--n-eval", type=int)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--config", default="{}", help="JSON overrides of the preset's PipelineConfig "
+                                                   "(e.g. model_overrides)")
     ap.add_argument("--segment-tokens", type=int, default=64,
                     help="partial-rollout segment for the with/without comparison when the preset has none")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    over = {"seed": args.seed, "rl": {}}
+    over = {**json.loads(args.config), "seed": args.seed}
+    over["rl"] = dict(over.get("rl", {}))
     if args.sft_steps is not None:
         over["sft_steps"] = args.sft_steps
     if args.rl_iterations is not None:
@@ -164,7 +173,8 @@ def main() -> None:
     for m, r in result["products"].items():
         print(f"{m}, d{r['difficulty']} products: {100 * r['long_share']:.0f}% worked by long multiplication; "
               f"accuracy where all are {r.get('long_accuracy', float('nan')):.3f} ({r['long_problems']} problems), "
-              f"where none are {r.get('one_line_accuracy', float('nan')):.3f} ({r['one_line_problems']})")
+              f"where none are {r.get('one_line_accuracy', float('nan')):.3f} ({r['one_line_problems']}); "
+              "first errors: " + ", ".join(f"{k} {n}" for k, n in r["first_errors"].items()))
     t = result["throughput"]
     print(f"rollout tok/s: ours {t['ours_tok_s']:.0f}, transformers {t['hf_tok_s']:.0f} "
           f"({t['speedup']:.2f}x), greedy equal: {t['greedy_equal']}")

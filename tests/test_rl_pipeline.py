@@ -241,3 +241,11 @@ def test_pipeline_config_validation_names_the_field():
     for field, bad in (("l2s_lr", -1e-4), ("l2s_policy_ema", 1.0), ("merge_ratio", 1.5), ("difficulties", ())):
         with pytest.raises(ValueError, match=f"PipelineConfig.{field}"):
             PipelineConfig.preset("debug", **{field: bad})
+
+
+def test_loading_a_stage_trained_with_another_model_names_the_difference(tmp_path):
+    Pipeline(_cfg(), tmp_path, progress=False).run(("sft",))
+    deeper = dataclasses.replace(_cfg(), model_overrides={"num_hidden_layers": 3})
+    with pytest.raises(ValueError, match=r"stage 'sft' was trained with another model.*'num_hidden_layers': \(2, 3\)"):
+        Pipeline(deeper, tmp_path, progress=False).load("sft")
+    assert Pipeline(_cfg(), tmp_path, progress=False).load("sft").config.num_hidden_layers == 2

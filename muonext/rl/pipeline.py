@@ -87,6 +87,11 @@ def build_data(cfg: PipelineConfig) -> tuple[list[Problem], list[Problem]]:
     return train, held
 
 
+def _config_dict(config: MoonlightConfig) -> dict[str, Any]:
+    """A model config as the JSON a checkpoint stores (tuples become lists), for comparing."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
 def build_model(cfg: PipelineConfig, codec: CharCodec) -> MoonlightForCausalLM:
     torch.manual_seed(cfg.seed)
     mc = MoonlightConfig.preset(cfg.model_preset, **{"vocab_size": codec.vocab_size, **cfg.model_overrides})
@@ -113,7 +118,7 @@ class Pipeline:
 
     def _finish(self, stage: str, model: torch.nn.Module, step: int, **info: Any) -> None:
         path = save_checkpoint(self.out / stage, step, model_state=model.state_dict(), rank_state={},
-                               shared={"stage": stage})
+                               shared={"stage": stage, "model_config": _config_dict(model.config)})
         (self.out / stage / "done.json").write_text(json.dumps({"checkpoint": path.name, **info}, indent=1))
         shutil.rmtree(self.out / stage / "progress", ignore_errors=True)  # mid-stage checkpoints: done with
 
@@ -122,7 +127,15 @@ class Pipeline:
         if done is None:
             raise FileNotFoundError(f"{self.out / stage}: stage {stage!r} has not finished")
         model = build_model(self.cfg, self.codec)
-        model.load_state_dict(load_checkpoint(self.out / stage / done["checkpoint"]).model_state())
+        ckpt = load_checkpoint(self.out / stage / done["checkpoint"])
+        saved, built = ckpt.shared.get("model_config"), _config_dict(model.config)
+        if saved is not None and saved != built:  # older checkpoints did not record it
+            diff = {k: (saved.get(k), built.get(k)) for k in sorted(saved.keys() | built.keys())
+                    if saved.get(k) != built.get(k)}
+            raise ValueError(f"{ckpt.path}: stage {stage!r} was trained with another model than this "
+                             f"config builds ((saved, built): {diff}); pass the model_overrides it was "
+                             f"trained with (DIR/run.json)")
+        model.load_state_dict(ckpt.model_state())
         return model
 
     def _log(self, stage: str) -> Callable[[dict], None]:

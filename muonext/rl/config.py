@@ -204,8 +204,12 @@ def _debug() -> PipelineConfig:
 def _tiny() -> PipelineConfig:
     return PipelineConfig(
         model_preset="debug",
+        # 4 layers: with 3, RL's d3 stalled at 0.73-0.78 greedy whatever the budget or batch, most wrong
+        # answers going wrong inside a long multiplication. From SFT models trained alike, a 4th layer
+        # took RL from 0.699 to 0.871 (+17.2) in 100 iterations, hidden 192 with 3 layers from 0.680 to
+        # 0.805 (+12.5), for 1.3x and 1.4x the cost of a step (bench/RESULTS.md, RL run 14)
         model_overrides={"hidden_size": 128, "intermediate_size": 256, "moe_intermediate_size": 64,
-                         "num_hidden_layers": 3, "kv_lora_rank": 32, "q_lora_rank": None},
+                         "num_hidden_layers": 4, "kv_lora_rank": 32, "q_lora_rank": None},
         difficulties=(1, 2, 3),
         # 30k problems, each seen about once in SFT: with 2k the model memorised them (loss 0.05, held-out
         # accuracy d2 10%, d3 2%); with 30k it learns the arithmetic (d2 55%, d3 11% before the column
@@ -221,8 +225,9 @@ def _tiny() -> PipelineConfig:
         # long solutions with column work, long multiplication and the re-check: up to 247 characters on
         # level 2, 632 on level 3 (1% over 579). 100 iterations were 15 CPU-minutes of RL, the benchmark's
         # budget (RL run 8: 101 in 907 CPU-s); with log π_i from the rollout they are about 600, and 145-149
-        # iterations in 900 CPU-s read the same as 100 (RL run 13). No partial rollouts: on a CPU re-prefilling
-        # the continued trajectories costs more than it saves (bench/RESULTS.md); the debug preset has them.
+        # iterations in 900 CPU-s read the same as 100 (RL run 13); with 4 layers about 710 (RL run 14). No
+        # partial rollouts: on a CPU re-prefilling the continued trajectories costs more than it saves
+        # (bench/RESULTS.md); the debug preset has them.
         # Rollouts at temperature 0.7: RL run 10 from one SFT model, greedy d3 after 900 CPU-s, +8.2 and
         # +6.2 points at 0.7 against +1.1 and -3.2 at 1.0 (two seeds each), and +0.8 and +8.2 at 0.5
         # (bench/RESULTS.md). The stage hands on the policy's moving average (decay 0.97 per iteration):
@@ -239,7 +244,7 @@ def _tiny() -> PipelineConfig:
         # seeds), at 0.2 1.9 and 1.0, all at -39% length. From run 13's RL model at 0.2 it lost 3.5 and 2.0 at
         # the RL lr (1e-4), 0.8 and 1.4 at 5e-5, the same -38% length. At 5e-5 the average of 30 iterations
         # may still re-check (run 12's model: -30% and -25% length); 40 iterations: -38.6% at -1.0 and -38.4%
-        # at -0.4 (RL runs 12 and 13)
+        # at -0.4 (RL runs 12 and 13), and with 4 layers -38.0% at -1.0 (RL run 14)
         l2s_iterations=40,
         l2s_length_weight=0.2,
         l2s_lr=5e-5,

@@ -12,8 +12,8 @@ steps at all would not do: a small model cannot compute a multi-step answer with
 Both end with the same line, ``Answer: <integer>``, which is the format `verify.extract_answer` looks for
 first. The long/short pair is what the long2short experiments need for SFT warm-up data.
 
-The column work is what lets the 3-layer character-level model of the `tiny` RL pipeline add and
-subtract: writing `48 + 84 = 132` at once, its SFT reached 55% on two-digit sums, and with the columns
+The column work is what lets the character-level model of the `tiny` RL pipeline (3 layers then) add
+and subtract: writing `48 + 84 = 132` at once, its SFT reached 55% on two-digit sums, and with the columns
 98% (bench/RESULTS.md, RL run 5). Written in one line, it gets 2 of 116 two-digit products right.
 
 For half of the prompts (another hash) the long solution also works each product by long

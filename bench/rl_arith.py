@@ -103,11 +103,12 @@ def product_strategies(p: Pipeline, stages: tuple[str, ...]) -> dict:
             text = p.codec.decode(toks)
             w, o = product_steps(text)
             worked, one_line = worked + w, one_line + o
-            if not verify(text, q.answer):
+            ok = verify(text, q.answer)
+            if not ok:
                 errors[first_error(text, q.answer)] += 1
             if w or o:
                 kind = "long" if not o else "one_line" if not w else "mixed"
-                right.setdefault(kind, []).append(verify(text, q.answer))
+                right.setdefault(kind, []).append(ok)
         out[stage] = {"difficulty": hardest, "long_share": worked / max(1, worked + one_line),
                       **{f"{k}_problems": len(v) for k, v in right.items()},
                       **{f"{k}_accuracy": sum(v) / len(v) for k, v in right.items() if v},

@@ -49,12 +49,22 @@ def _apply(op: str, a: int, b: int) -> int:
 
 def _value(expr: str) -> int | None:
     """The value of a rewritten expression, or None when it is not an integer expression."""
-    if not _INTEGER_EXPRESSION.fullmatch(expr):
+    # model output: digits, + - * and parentheses only, and no `**` (a power can take forever)
+    if not _INTEGER_EXPRESSION.fullmatch(expr) or "**" in expr:
         return None
     try:
-        return eval(expr, {"__builtins__": {}})  # digits, + - * and parentheses only (checked above)
-    except SyntaxError:
+        return eval(expr, {"__builtins__": {}})
+    except (SyntaxError, RecursionError, MemoryError):
         return None
+
+
+def _column_kind(op: str, a: str, b: str, carry: str, in_product: bool) -> str:
+    """A wrong one-digit step: a table fact, a carry added to one (`35+5=…`), or a column."""
+    if op == "*":
+        return "table fact"
+    if op == "+" and in_product and not carry and len(a) == 2 and len(b) == 1:
+        return "carry add"
+    return f"column {op}"
 
 
 def _line_error(line: str) -> str | None:
@@ -64,8 +74,7 @@ def _line_error(line: str) -> str | None:
         if carry and op != "+":
             continue
         if _apply(op, int(a), int(b)) + int(carry or 0) != int(result):
-            return "table fact" if op == "*" else "carry add" if op == "+" and in_product and not carry \
-                and len(a) == 2 and len(b) == 1 else f"column {op}"
+            return _column_kind(op, a, b, carry, in_product)
     for a, op, b, result in _EQUATION.findall(line):
         if _apply(op, int(a), int(b)) != int(result):
             return "worked result" if ":" in line else "one-line result"
@@ -79,7 +88,8 @@ def first_error(response: str, answer: str) -> str:
         if kind is not None:
             return kind
         m = _EXPRESSION.search(line)
-        if m and _value(m[1]) is not None and str(_value(m[1])) != answer:
+        value = _value(m[1]) if m else None
+        if value is not None and str(value) != answer:
             return "copy"
         if line.startswith("So the answer is") and line != f"So the answer is {answer}.":
             return "answer"

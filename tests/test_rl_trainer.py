@@ -24,7 +24,7 @@ def test_code_task_reward_infinite_loop_is_zero_not_an_exception():
     task = CodeTask("Write f.", "assert f() == 1", prefix="while True:\n    pass\n", timeout_s=0.5)
     res = task.reward("def f():\n    return 1\n")
     assert res.reward == 0.0 and not res.correct and res.error, res
-    ok = CodeTask("Write f.", "assert f() == 1").reward("def f():\n    return 1\n")
+    ok = CodeTask("Write f.", "assert f() == 1", timeout_s=10.0).reward("def f():\n    return 1\n")
     assert ok.correct, ok
 
 

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import math
 import os
-import queue
 import tempfile
-import traceback
-from datetime import timedelta
 
 import pytest
 import torch
 
 from muonext.optim import Muon
+
+from .dist_harness import ok_results, spawn_job
 
 MODEL = {  # name → shape: 2-D (tall and wide), a 3-D expert stack, a 4-D conv, 1-D sizes that N does not divide
     "w_in": (12, 20), "w_out": (20, 12), "experts": (3, 8, 12), "bias": (7,), "norm": (13,),
@@ -28,59 +27,6 @@ WORLD_SIZES = (4, 2, 3, 1)  # 4 first: it writes the checkpoint the 2 and 1 jobs
 CONFIGS = [(mode, grads, ns) for mode in ("gather", "owner") for grads in ("local", "reduced")
            for ns in ("float32", "bfloat16")]
 STEPS, LR = 10, 0.02
-JOB_TIMEOUT_S = 120
-
-
-# -- the multi-process harness (also used by test_distributed_failures.py) -----------------------
-
-def _entry(fn, rank, world, init, results, args):
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    torch.set_num_threads(1)
-    import torch.distributed as dist
-
-    try:
-        dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
-                                timeout=timedelta(seconds=20))
-        results.put((rank, "ok", fn(rank, world, *args)))
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent with the traceback
-        results.put((rank, "error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
-
-
-def spawn_job(fn, world: int, *args, timeout: float = JOB_TIMEOUT_S) -> dict[int, tuple[str, object]]:
-    """Runs fn(rank, world, *args) in `world` fresh processes (gloo, file:// rendezvous); returns
-    {rank: ("ok", result) or ("error", message)}. Stragglers past `timeout` are killed and reported."""
-    import time
-
-    ctx = torch.multiprocessing.get_context("spawn")
-    results = ctx.Queue()
-    with tempfile.TemporaryDirectory() as tmp:
-        init = f"file://{os.path.join(tmp, 'rendezvous')}"
-        procs = [ctx.Process(target=_entry, args=(fn, r, world, init, results, args)) for r in range(world)]
-        for p in procs:
-            p.start()
-        out: dict[int, tuple[str, object]] = {}
-        deadline = time.monotonic() + timeout
-        while len(out) < world and time.monotonic() < deadline:
-            try:
-                rank, status, value = results.get(timeout=1.0)
-                out[rank] = (status, value)
-            except queue.Empty:
-                if all(not p.is_alive() for p in procs) and results.empty():
-                    break
-        for p in procs:
-            p.join(timeout=max(1.0, deadline - time.monotonic()))
-            if p.is_alive():
-                p.kill()
-                p.join()
-        for r in range(world):
-            out.setdefault(r, ("error", f"rank {r} hung or died without a report (timeout {timeout}s)"))
-        return out
-
-
-def ok_results(job: dict) -> list:
-    errors = {r: v for r, (s, v) in job.items() if s != "ok"}
-    assert not errors, f"distributed job failed: {errors}"
-    return [job[r][1] for r in sorted(job)]
 
 
 # -- the model, its gradients, the single-process reference ------------------------------------

@@ -8,7 +8,8 @@ import time
 import pytest
 import torch
 
-from .test_distributed import LR, SMALL_BUCKET_MB, make_params, rank_grads, spawn_job
+from .dist_harness import spawn_job
+from .test_distributed import LR, SMALL_BUCKET_MB, make_params, rank_grads
 
 
 def _set_grads(params, grads):

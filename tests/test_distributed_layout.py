@@ -83,3 +83,26 @@ def test_merge_needs_every_rank_once():
     future = {**shard, "muonext_distributed": {**shard["muonext_distributed"], "format": 99}}
     with pytest.raises(ValueError, match="format 99"):
         to_muon_state_dict([future])
+
+
+def test_loading_checks_parameter_names_not_only_shapes():
+    """A model whose two equal-shape matrices swapped places must not load each other's momentum."""
+    from muonext.optim import Muon
+    from muonext.optim.distributed_state import local_state_from_muon
+
+    params = {"a": torch.nn.Parameter(torch.randn(12, 20)), "b": torch.nn.Parameter(torch.randn(12, 20))}
+    opt = Muon(list(params.items()), lr=0.01)
+    for p in params.values():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    saved = opt.state_dict()
+
+    def layout(names):
+        return ShardLayout([ParamInfo(i, n, 0, (12, 20), torch.float32, True) for i, n in enumerate(names)], 2, 2**20)
+
+    local = local_state_from_muon(saved, layout(["a", "b"]), 0)
+    assert torch.equal(local[0]["momentum_buffer"], saved["state"][0]["momentum_buffer"].reshape(-1)[:240])
+    with pytest.raises(ValueError, match="parameter 0 is 'a' in the checkpoint and 'b' here"):
+        local_state_from_muon(saved, layout(["b", "a"]), 0)
+    unnamed = Muon(list(params.values()), lr=0.01).state_dict()  # named by place, as Muon names them
+    local_state_from_muon(unnamed, layout(["param_groups[0].params[0]", "param_groups[0].params[1]"]), 0)

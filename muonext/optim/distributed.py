@@ -33,6 +33,7 @@ from .adamw import adamw_step, init_adamw_state
 from .coefficients import ns_schedule
 from .dist_comm import Collectives, DistributedMuonError, check_same_everywhere
 from .distributed_state import KEY, is_shard, local_state_from_muon, shard_state_dict, to_muon_state_dict
+from .dtensor_params import is_dtensor
 from .hparams import update_scale
 from .muon import Muon, NonFiniteGradientError, matrix_shape
 from .ns_exchange import BucketPlan, batch_views, build_plans, resolver
@@ -133,6 +134,10 @@ class DistributedMuon(Muon):
             raise RuntimeError("DistributedMuon: the parameter layout is fixed at construction; "
                                "build a new optimizer to add parameters")
         super().add_param_group(param_group)
+        if any(is_dtensor(p) for p in self.param_groups[-1]["params"]):
+            raise TypeError("DistributedMuon shards the optimizer state of replicated parameters (ZeRO-1); "
+                            "for DTensor parameters (fully_shard, expert parallelism) use Muon, which steps "
+                            "them where they lie")
 
     def _muon_ns_dtype(self) -> torch.dtype:
         dtypes = set()

@@ -102,12 +102,31 @@ def to_muon_state_dict(shards: list[dict]) -> dict:
     }
 
 
+def _check_names(param_groups: list[dict], layout: ShardLayout) -> None:
+    """Refuses state saved for other parameters in the same places: equal shapes alone would let a
+    reordered model load another parameter's momentum silently. Unnamed parameters are named by place
+    (`param_groups[g].params[i]`), as `Muon` names them."""
+    saved = []
+    for gi, g in enumerate(param_groups):
+        names = g.get("param_names")
+        saved += names if names is not None else [f"param_groups[{gi}].params[{i}]" for i in range(len(g["params"]))]
+    mine = [p.name for p in layout.params]
+    if saved == mine:
+        return
+    diff = next((i for i, (a, b) in enumerate(zip(saved, mine)) if a != b), min(len(saved), len(mine)))
+    raise ValueError(
+        f"the checkpoint's optimizer state is for other parameters: parameter {diff} is "
+        f"{saved[diff] if diff < len(saved) else '(none)'!r} in the checkpoint and "
+        f"{mine[diff] if diff < len(mine) else '(none)'!r} here ({len(saved)} and {len(mine)} parameters)")
+
+
 def local_state_from_muon(muon_state_dict: dict, layout: ShardLayout, rank: int) -> dict[int, dict]:
     """This rank's pieces of a full `Muon` state dict: {param_index: {key: 1-D piece or step}}."""
     state = muon_state_dict["state"]
     if len(state) and max(state) >= len(layout.params):
         raise ValueError(f"the checkpoint has state for parameter {max(state)}, the optimizer has "
                          f"{len(layout.params)} parameters")
+    _check_names(muon_state_dict["param_groups"], layout)
     local: dict[int, dict] = {}
     for pc in layout.pieces(rank):
         entry = state.get(pc.param)

@@ -10,6 +10,9 @@ For a matrix W (A × B) with gradient G, momentum μ, learning rate η and weigh
 A 3-D tensor (E, A, B) is E independent matrices (MoE experts); other shapes are viewed as
 (shape[0], rest). Parameters that are not hidden matrices take the AdamW path with the same lr and
 weight decay (see `routing.py`).
+
+DTensor parameters (FSDP2's `fully_shard`, expert parallelism) are stepped on their local shards; a
+matrix split across ranks is reassembled on one owner rank for Newton–Schulz (`sharded_step.py`).
 """
 
 from __future__ import annotations
@@ -25,9 +28,12 @@ from torch.optim import Optimizer
 
 from .. import ops
 from .adamw import adamw_step, init_adamw_state
-from .coefficients import ns_schedule
+from .dtensor_params import is_dtensor, local
 from .hparams import update_scale, validate_group
+from .ns_batches import newton_schulz_batches, ns_key
 from .routing import is_muon_param
+from .shapes import matrix_shape
+from .sharded_step import ShardedStep
 
 __all__ = ["Muon", "NonFiniteGradientError", "matrix_shape"]
 
@@ -38,18 +44,9 @@ class NonFiniteGradientError(FloatingPointError):
     """A gradient holds NaN or Inf; the message names the parameter."""
 
 
-def matrix_shape(shape: torch.Size | tuple[int, ...]) -> tuple[int, int, int]:
-    """(batch, rows, cols) of the matrices Muon sees in a tensor of this shape."""
-    if len(shape) == 2:
-        return 1, shape[0], shape[1]
-    if len(shape) == 3:
-        return shape[0], shape[1], shape[2]
-    return 1, shape[0], math.prod(shape[1:])
-
-
 @dataclass
 class _Item:
-    """One parameter with a gradient in this step."""
+    """One parameter with a gradient in this step; `grad` is the local tensor (a DTensor's shard)."""
 
     group: dict
     param: Tensor
@@ -68,6 +65,11 @@ class Muon(Optimizer):
     (s·O for Muon, m̂/(√v̂+ε) for AdamW) — about `rms_target` for Muon with "match_rms_adamw".
     Non-finite gradients raise `NonFiniteGradientError`, or skip the whole step (counted in
     `skipped_steps`) when `skip_nonfinite=True`. `p.grad` is never modified.
+
+    DTensor parameters may be mixed with plain ones: every rank of the default process group must hold
+    the same parameter list and call `step()` together. Their state is created at construction (DCP's
+    `get_optimizer_state_dict` needs the same keys on every rank), as DTensors placed like the
+    parameters, so `torch.distributed.checkpoint` saves and reshards it.
     """
 
     def __init__(
@@ -102,6 +104,8 @@ class Muon(Optimizer):
         self.skipped_steps = 0
         self._rms_names: list[str] = []
         self._rms_values: Tensor | None = None
+        self._sharded: ShardedStep | None = None
+        self.comm_bytes: dict[str, dict[str, int]] = {}  # per step, by collective kind (DTensor parameters)
         super().__init__(params, defaults)
 
     # -- construction -------------------------------------------------------------------------
@@ -119,6 +123,10 @@ class Muon(Optimizer):
                 raise TypeError(f"Muon: parameter {name} must be floating point, got {p.dtype}")
             if self._uses_muon(group, name, p) and p.dtype not in KERNEL_DTYPES:
                 raise TypeError(f"Muon: matrix parameter {name} must be float32, bfloat16 or float64, got {p.dtype}")
+        if self._sharded is not None:
+            self._sharded.add_group(len(self.param_groups) - 1)
+        elif any(is_dtensor(p) for p in group["params"]):
+            self._sharded = ShardedStep(self)  # takes every group added so far
 
     def _param_name(self, group_index: int, index: int) -> str:
         names = self.param_groups[group_index].get("param_names")
@@ -141,16 +149,25 @@ class Muon(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         items = self._collect()
-        if self.check_finite and not self._all_finite(items):
+        if self._sharded is not None:
+            agreed = self._sharded.agree(items)  # the same parameters on every rank, or None to skip
+            if agreed is None:
+                return loss
+            items = [_Item(*fields) for fields in agreed]
+        elif self.check_finite and not self._all_finite(items):
             return loss
         muon_items = [it for it in items if self._uses_muon(it.group, it.name, it.param)]
         adamw_items = [it for it in items if not self._uses_muon(it.group, it.name, it.param)]
-        rms_names, rms_values = [], []
-        for names, values in (self._muon_step(muon_items), self._adamw_step(adamw_items)):
-            rms_names += names
+        rms_items, rms_values = [], []
+        for done, values in (self._muon_step(muon_items), self._adamw_step(adamw_items)):
+            rms_items += done
             rms_values += values
-        if self.track_update_rms:
-            self._rms_names = rms_names
+        if not self.track_update_rms:
+            return loss
+        if self._sharded is not None:
+            self._sharded.reduce_rms(rms_items, rms_values)
+        else:
+            self._rms_names = [it.name for it in rms_items]
             self._rms_values = torch.stack(rms_values).float() if rms_values else None
         return loss
 
@@ -166,7 +183,7 @@ class Muon(Optimizer):
                 if p.grad.shape != p.shape:
                     raise ValueError(f"Muon: gradient of {name} has shape {list(p.grad.shape)}, "
                                      f"parameter has {list(p.shape)}")
-                items.append(_Item(group, p, p.grad, name))
+                items.append(_Item(group, p, local(p.grad), name))
         return items
 
     def _all_finite(self, items: list[_Item]) -> bool:
@@ -176,102 +193,112 @@ class Muon(Optimizer):
         finite = torch.stack(maxima).isfinite()
         if bool(finite.all()):  # the one host sync of the check
             return True
-        bad = [it.name for it, ok in zip(items, finite.tolist()) if not ok]
+        return self.nonfinite([it.name for it, ok in zip(items, finite.tolist()) if not ok])
+
+    def nonfinite(self, bad: list[str]) -> bool:
+        """Raises NonFiniteGradientError naming `bad`, or counts a skipped step (returns False)."""
         if not self.skip_nonfinite:
             raise NonFiniteGradientError(
-                f"Muon: non-finite (NaN/Inf) gradient in {', '.join(bad[:5])}"
+                f"{type(self).__name__}: non-finite (NaN/Inf) gradient in {', '.join(bad[:5])}"
                 + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
                 + "; pass skip_nonfinite=True to skip such steps instead"
             )
         self.skipped_steps += 1
         return False
 
-    def _muon_step(self, items: list[_Item]) -> tuple[list[str], list[Tensor]]:
+    def _muon_step(self, items: list[_Item]) -> tuple[list[_Item], list[Tensor]]:
         if not items:
             return [], []
         updates = self._orthogonalised_momentum(items)
         scales = []
         for it in items:
-            _, rows, cols = matrix_shape(it.param.shape)
+            _, rows, cols = matrix_shape(it.param.shape)  # a DTensor's shape is the whole tensor's
             scales.append(update_scale(it.group["adjust_lr"], it.group["rms_target"], rows, cols))
         ops.muon_apply_(
-            [it.param for it in items], updates, [it.group["lr"] for it in items],
+            [local(it.param) for it in items], updates, [it.group["lr"] for it in items],
             [it.group["weight_decay"] for it in items], scales,
         )
         if not self.track_update_rms:
             return [], []
         norms = torch._foreach_norm(updates)
-        return [it.name for it in items], [n * (s / math.sqrt(max(u.numel(), 1))) for n, s, u in
-                                           zip(norms, scales, updates)]
+        return items, [n * (s / math.sqrt(max(u.numel(), 1))) for n, s, u in zip(norms, scales, updates)]
+
+    def _momentum_buffer(self, p: Tensor) -> Tensor:
+        state = self.state[p]
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+        return local(state["momentum_buffer"])
 
     def _orthogonalised_momentum(self, items: list[_Item]) -> list[Tensor]:
-        """Momentum, then NS: matrices of one shape and schedule form one batch, which the fused
+        """Momentum, then NS. Whole matrices of one shape and schedule form one batch, which the fused
         momentum kernel writes directly (no concatenation); one newton_schulz_grouped call per schedule
-        orthogonalises all the batches."""
+        orthogonalises all the batches. Matrices split across ranks go to their owners in between."""
+        split = self._sharded.split_items(items) if self._sharded is not None else {}
         batches: dict[tuple, list[int]] = defaultdict(list)
-        for i, it in enumerate(items):
-            g = it.group
-            _, rows, cols = matrix_shape(it.param.shape)
-            schedule = tuple(ns_schedule(g["ns_coefficients"], g["ns_steps"]))
-            batches[(schedule, g["ns_eps"], g["ns_dtype"], rows, cols)].append(i)
-
         ns_inputs: list[Tensor | None] = [None] * len(items)
+        for i, it in enumerate(items):
+            if i in split:
+                ns_inputs[i] = torch.empty_like(it.grad, dtype=it.group["ns_dtype"])
+            else:
+                batches[ns_key(it.group, matrix_shape(it.grad.shape)[1:])].append(i)
         planned = []
-        for (schedule, eps, dtype, rows, cols), idx in batches.items():
-            sizes = [matrix_shape(items[i].param.shape)[0] for i in idx]
-            batch = torch.empty(sum(sizes), rows, cols, dtype=dtype, device=items[idx[0]].param.device)
+        for key, idx in batches.items():
+            sizes = [matrix_shape(items[i].grad.shape)[0] for i in idx]
+            batch = torch.empty(sum(sizes), *key[3:], dtype=key[2], device=items[idx[0]].grad.device)
             for i, piece in zip(idx, batch.split(sizes)):
-                ns_inputs[i] = piece.view(items[i].param.shape)
-            planned.append((schedule, eps, idx, sizes, batch))
+                ns_inputs[i] = piece.view(items[i].grad.shape)
+            planned.append((key, idx, sizes, batch))
 
         by_config: dict[tuple, list[int]] = defaultdict(list)
         for i, it in enumerate(items):
-            state = self.state[it.param]
-            if "momentum_buffer" not in state:
-                state["momentum_buffer"] = torch.zeros_like(it.param, memory_format=torch.contiguous_format)
             by_config[(it.group["momentum"], it.group["nesterov"])].append(i)
         for (mu, nesterov), idx in by_config.items():
             ops.muon_momentum_(
-                [self.state[items[i].param]["momentum_buffer"] for i in idx], [items[i].grad for i in idx],
+                [self._momentum_buffer(items[i].param) for i in idx], [items[i].grad for i in idx],
                 [ns_inputs[i] for i in idx], mu, nesterov,
             )
 
-        # One grouped NS per (schedule, eps, dtype): on CUDA every shape shares each step's launches.
-        grouped: dict[tuple, list[tuple]] = defaultdict(list)
-        for schedule, eps, idx, sizes, batch in planned:
-            grouped[(schedule, eps, batch.dtype)].append((idx, sizes, batch))
-        updates: list[Tensor | None] = [None] * len(items)
-        for (schedule, eps, _), members in grouped.items():
-            results = ops.newton_schulz_grouped([batch for _, _, batch in members], schedule, eps)
-            for (idx, sizes, _), result in zip(members, results):
-                for i, piece in zip(idx, result.split(sizes)):
-                    updates[i] = piece.view(items[i].param.shape)
+        exchanging = self._sharded.start_exchanges(items, ns_inputs, split) if split else None
+        updates: list[Tensor | None] = [None] * len(items)  # NS of whole matrices while pieces travel
+        results = newton_schulz_batches([(key, batch) for key, _, _, batch in planned])
+        for (_, idx, sizes, _), result in zip(planned, results):
+            for i, piece in zip(idx, result.split(sizes)):
+                updates[i] = piece.view(items[i].grad.shape)
+        if exchanging is not None:
+            for i, update in self._sharded.finish_exchanges(items, exchanging).items():
+                updates[i] = update
         return updates
 
-    def _adamw_step(self, items: list[_Item]) -> tuple[list[str], list[Tensor]]:
+    def _adamw_step(self, items: list[_Item]) -> tuple[list[_Item], list[Tensor]]:
         by_group: dict[int, list[_Item]] = defaultdict(list)
         for it in items:
             by_group[id(it.group)].append(it)
-        names, values = [], []
+        done, values = [], []
         for group_items in by_group.values():
             g = group_items[0].group
+            states = []
             for it in group_items:
-                init_adamw_state(self.state[it.param], it.param)
+                state = self.state[it.param]
+                init_adamw_state(state, it.param)
+                states.append({k: local(v) for k, v in state.items()})  # same tensors, local views
             rms = adamw_step(
-                [it.param for it in group_items], [it.grad for it in group_items],
-                [self.state[it.param] for it in group_items], lr=g["lr"], weight_decay=g["weight_decay"],
-                betas=tuple(g["adamw_betas"]), eps=g["adamw_eps"], want_rms=self.track_update_rms,
+                [local(it.param) for it in group_items], [it.grad for it in group_items], states,
+                lr=g["lr"], weight_decay=g["weight_decay"], betas=tuple(g["adamw_betas"]), eps=g["adamw_eps"],
+                want_rms=self.track_update_rms,
             )
             if rms is not None:
-                names += [it.name for it in group_items]
+                done += group_items
                 values += rms
-        return names, values
+        return done, values
 
     # -- observability and state --------------------------------------------------------------
 
     @property
     def update_rms(self) -> dict[str, float]:
-        """RMS of each parameter's lr-free update in the last step (reading it syncs the device)."""
+        """RMS of each parameter's lr-free update in the last step (reading it syncs the device); for a
+        DTensor, of the whole update over all ranks."""
+        if self._sharded is not None:
+            self._rms_names, self._rms_values = self._sharded.finish_rms(self._rms_names, self._rms_values)
         if self._rms_values is None:
             return {}
         return dict(zip(self._rms_names, self._rms_values.tolist()))

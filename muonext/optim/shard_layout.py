@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .muon import matrix_shape
+from .shapes import balanced_owners, matrix_shape, ns_flops
 
 __all__ = ["ParamInfo", "Piece", "ShardLayout", "Unit", "assign_owners", "ns_flops"]
 
@@ -72,13 +72,6 @@ class Unit:
     @property
     def end(self) -> int:
         return self.start + self.size
-
-
-def ns_flops(rows: int, cols: int) -> int:
-    """Multiply-adds of one Newton–Schulz step on a rows × cols matrix (wide orientation m ≤ n):
-    Gram m·m·n, its square m·m·m, the product m·m·n."""
-    m, n = min(rows, cols), max(rows, cols)
-    return 2 * m * m * n + m * m * m
 
 
 @dataclass
@@ -181,22 +174,8 @@ class ShardLayout:
 
 
 def assign_owners(layout: ShardLayout, slack: float = 1.1) -> dict[tuple[int, int], int]:
-    """Owner rank of every unit, keyed by (param, k): largest NS cost first (LPT); a unit goes to the
-    holder with the biggest piece of it while that keeps the holder under slack × (total / N), else to
-    the least-loaded rank. Deterministic, so every rank computes the same assignment."""
-    n = layout.world_size
-    cost = {(u.param, u.k): ns_flops(u.rows, u.cols) for u in layout.units}
-    target = slack * sum(cost.values()) / n
-    loads = [0] * n
-    owners: dict[tuple[int, int], int] = {}
-    order = sorted(layout.units, key=lambda u: (-cost[(u.param, u.k)], u.bucket, u.start))
-    for u in order:
-        f = cost[(u.param, u.k)]
-        held = {r: layout.overlap(u, r)[1] - layout.overlap(u, r)[0] for r in layout.holders(u)}
-        by_piece = sorted(held, key=lambda r: (-held[r], r))
-        owner = next((r for r in by_piece if loads[r] + f <= target), None)
-        if owner is None:
-            owner = min(range(n), key=lambda r: (loads[r], r not in by_piece, r))
-        owners[(u.param, u.k)] = owner
-        loads[owner] += f
-    return owners
+    """Owner rank of every unit, keyed by (param, k) (`balanced_owners` over the units in bucket order)."""
+    units = sorted(layout.units, key=lambda u: (u.bucket, u.start))
+    held = [{r: layout.overlap(u, r)[1] - layout.overlap(u, r)[0] for r in layout.holders(u)} for u in units]
+    owners = balanced_owners([ns_flops(u.rows, u.cols) for u in units], held, layout.world_size, slack)
+    return {(u.param, u.k): owner for u, owner in zip(units, owners)}

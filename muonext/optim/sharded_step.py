@@ -1,0 +1,151 @@
+"""What `Muon` does differently once some of its parameters are DTensors (DESIGN.md §8).
+
+* State is created at construction for every parameter, as DTensors placed like the parameters
+  (`torch.zeros_like`), so every rank has the same state keys and `torch.distributed.checkpoint`
+  saves and reshards it (an expert that got no tokens would otherwise leave a key missing on one rank).
+* One all_reduce per step agrees on which parameters have a gradient somewhere and whether any is
+  NaN/Inf, so every rank takes the same branch (a skipped step or an error on all ranks, never a
+  hang). A rank without a gradient for a parameter that has one elsewhere steps it with zeros.
+* Momentum, Newton–Schulz of whole matrices, AdamW and the update run on local shards; matrices split
+  across ranks go through an `OwnerExchange` per process group, while whole ones run NS.
+* `update_rms` of a DTensor is of the whole update: local sums of squares (each element counted once
+  over replicas) meet in one async all_reduce, read when `update_rms` is.
+
+Every rank of the default process group must hold the same parameter list and step together.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .adamw import init_adamw_state
+from .dtensor_params import SplitParam, local, replication, split_param
+from .ns_batches import newton_schulz_batches, ns_key
+from .owner_exchange import OwnerExchange
+
+__all__ = ["ShardedStep"]
+
+
+class ShardedStep:
+    def __init__(self, opt) -> None:
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError("Muon: DTensor parameters need torch.distributed to be initialised")
+        self.opt = opt
+        self.splits: dict[int, SplitParam] = {}  # id(param) -> how its matrices are split
+        self.exchanges: dict[tuple, OwnerExchange] = {}
+        self._pending_rms = None
+        self.device = None
+        for gi in range(len(opt.param_groups)):
+            self.add_group(gi)
+
+    def add_group(self, gi: int) -> None:
+        opt, group = self.opt, self.opt.param_groups[gi]
+        for pi, p in enumerate(group["params"]):
+            name = opt._param_name(gi, pi)
+            self.device = self.device or p.device
+            state = opt.state[p]
+            if opt._uses_muon(group, name, p):
+                state.setdefault("momentum_buffer", torch.zeros_like(p, memory_format=torch.contiguous_format))
+                split = split_param(name, p)
+                if split is not None:
+                    self.splits[id(p)] = split
+            else:
+                init_adamw_state(state, p)
+
+    # -- agreement ---------------------------------------------------------------------------
+
+    def agree(self, items: list) -> list[tuple] | None:
+        """(group, param, local grad, name) of every parameter with a gradient on some rank, in
+        param-group order; None when the step is skipped (a NaN/Inf gradient with skip_nonfinite)."""
+        opt = self.opt
+        params = [(g, p, opt._param_name(gi, pi)) for gi, g in enumerate(opt.param_groups)
+                  for pi, p in enumerate(g["params"])]
+        index = {id(p): i for i, (_, p, _) in enumerate(params)}
+        n = len(params)
+        flags = torch.zeros(2 * n, dtype=torch.float32)
+        idx = [index[id(it.param)] for it in items]
+        flags[idx] = 1.0
+        held = [(i, it.grad) for i, it in zip(idx, items) if it.grad.numel()]  # a shard may be empty
+        if opt.check_finite and held:
+            maxima = torch._foreach_norm([g for _, g in held], float("inf"))
+            flags[[n + i for i, _ in held]] = (~torch.stack(maxima).isfinite()).float().cpu()
+        flags = flags.to(self.device)  # NCCL reduces device tensors only
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        flags = flags.cpu()
+        opt.comm_bytes = {}
+        bad = [params[i][2] for i in range(n) if flags[n + i] > 0]
+        if bad and not opt.nonfinite(bad):
+            return None
+        mine = {index[id(it.param)]: it.grad for it in items}
+        return [(g, p, mine[i] if i in mine else torch.zeros_like(local(p)), name)
+                for i, (g, p, name) in enumerate(params) if flags[i] > 0]
+
+    # -- Newton–Schulz of split matrices ------------------------------------------------------
+
+    def split_items(self, items: list) -> dict[int, SplitParam]:
+        return {i: self.splits[id(it.param)] for i, it in enumerate(items) if id(it.param) in self.splits}
+
+    def start_exchanges(self, items: list, ns_inputs: list[Tensor], split: dict[int, SplitParam]) -> list:
+        """Sends the momentum pieces of split matrices to their owners (one all_to_all per group)."""
+        by_group: dict[tuple, list[int]] = defaultdict(list)
+        for i in sorted(split):
+            by_group[(split[i].group_key, items[i].group["ns_dtype"])].append(i)
+        started = []
+        for (group_key, dtype), idx in by_group.items():
+            key = (group_key, tuple(id(items[i].param) for i in idx))
+            if key not in self.exchanges:  # the same on every rank of the group: the active set is agreed
+                self.exchanges[key] = OwnerExchange([split[i] for i in idx])
+            ex = self.exchanges[key]
+            started.append((ex, idx, dtype, ex.gather([ns_inputs[i] for i in idx], dtype)))
+        return started
+
+    def finish_exchanges(self, items: list, started: list) -> dict[int, Tensor]:
+        """NS on the matrices this rank owns, then their pieces back: {item index: local update}."""
+        scattering = []
+        for ex, idx, dtype, handle in started:
+            matrices = ex.matrices(handle)
+            keyed: dict[tuple, list[int]] = defaultdict(list)
+            for m, u in enumerate(ex.mine):
+                keyed[ns_key(items[idx[ex.units[u][0]]].group, tuple(matrices[m].shape))].append(m)
+            batches = [(key, torch.stack([matrices[m] for m in ms])) for key, ms in keyed.items()]
+            results: list[Tensor | None] = [None] * len(matrices)
+            for ms, out in zip(keyed.values(), newton_schulz_batches(batches)):
+                for m, o in zip(ms, out):
+                    results[m] = o
+            scattering.append((ex, idx, dtype, ex.scatter(results, dtype)))
+        updates = {}
+        for ex, idx, dtype, handle in scattering:
+            updates.update(zip(idx, ex.updates(handle, dtype)))
+        for ex, _, _, _ in started:
+            counts = self.opt.comm_bytes.setdefault("all_to_all", {"sent": 0, "received": 0})
+            for k in counts:
+                counts[k] += ex.bytes[k]
+            ex.bytes = {"sent": 0, "received": 0}
+        return updates
+
+    def owned_ns_flops(self) -> int:
+        """Multiply-adds of one NS step of the split matrices this rank owns (exchanges of past steps)."""
+        return sum(ex.ns_flops[ex.rank] for ex in self.exchanges.values())
+
+    # -- update RMS ---------------------------------------------------------------------------
+
+    def reduce_rms(self, items: list, values: list[Tensor]) -> None:
+        """Starts summing each parameter's squared update over its shards (replicas counted once)."""
+        if not items:
+            self._pending_rms = None
+            return
+        sq = torch.stack([v.double() ** 2 * it.grad.numel() / replication(it.param) for it, v in zip(items, values)])
+        work = dist.all_reduce(sq, async_op=True)
+        self._pending_rms = (work, sq, [it.name for it in items], [it.param.numel() for it in items])
+
+    def finish_rms(self, names: list[str], values: Tensor | None) -> tuple[list[str], Tensor | None]:
+        if self._pending_rms is None:
+            return names, values
+        work, sq, names, numels = self._pending_rms
+        self._pending_rms = None
+        work.wait()
+        return names, (sq.cpu() / torch.tensor(numels, dtype=torch.float64).clamp_min(1)).sqrt().float()

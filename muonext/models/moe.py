@@ -18,6 +18,7 @@ e_i < 0, so its bias goes down and it is picked less; subtracting the mean keeps
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 
@@ -109,61 +110,67 @@ class RoutedExperts(nn.Module):
         self, x_MD: torch.Tensor, counts_E: torch.Tensor, expert_M: torch.Tensor | None = None
     ) -> torch.Tensor:
         """x_MD: assignments sorted by expert; counts_E: how many each expert got; expert_M: the expert of
-        each sorted assignment (enables the padded-bmm path). -> (M, D) expert outputs, same order."""
+        each sorted assignment (enables the padded-bmm path). -> (M, D) expert outputs, same order.
+
+        Under expert parallelism the weights are DTensors sharded by expert and the inputs are the
+        assignments of this rank's experts only (see `MoE.expert_parallel`): the local stacks are used."""
+        gate_EID, up_EID, down_EDI = (_local(w) for w in (self.gate_proj, self.up_proj, self.down_proj))
         if self._use_grouped_mm(x_MD):
             try:
                 offs = counts_E.cumsum(0).to(torch.int32)
-                g = torch._grouped_mm(x_MD, self.gate_proj.to(x_MD.dtype).transpose(-2, -1), offs=offs)
-                u = torch._grouped_mm(x_MD, self.up_proj.to(x_MD.dtype).transpose(-2, -1), offs=offs)
-                return torch._grouped_mm(
-                    F.silu(g) * u, self.down_proj.to(x_MD.dtype).transpose(-2, -1), offs=offs
-                )
+                g = torch._grouped_mm(x_MD, gate_EID.to(x_MD.dtype).transpose(-2, -1), offs=offs)
+                u = torch._grouped_mm(x_MD, up_EID.to(x_MD.dtype).transpose(-2, -1), offs=offs)
+                return torch._grouped_mm(F.silu(g) * u, down_EDI.to(x_MD.dtype).transpose(-2, -1), offs=offs)
             except RuntimeError as err:  # untested hardware/dtype combination: fall back once, loudly
                 RoutedExperts._grouped_mm_failed = True
                 warnings.warn(f"torch._grouped_mm failed ({err}); using the per-expert loop", stacklevel=2)
         M, E = x_MD.shape[0], counts_E.shape[0]
-        if M and use_skinny(x_MD, self.gate_proj, -(-M // E)):  # rows per expert on average (ceil)
+        if M and use_skinny(x_MD, gate_EID, -(-M // E)):  # rows per expert on average (ceil)
             # a decode step: each expert's few rows straight from the sorted order, no padding
-            g = ops.grouped_skinny_linear(x_MD, self.gate_proj, counts_E)
-            u = ops.grouped_skinny_linear(x_MD, self.up_proj, counts_E)
-            return ops.grouped_skinny_linear(F.silu(g) * u, self.down_proj, counts_E)
+            g = ops.grouped_skinny_linear(x_MD, gate_EID, counts_E)
+            u = ops.grouped_skinny_linear(x_MD, up_EID, counts_E)
+            return ops.grouped_skinny_linear(F.silu(g) * u, down_EDI, counts_E)
         cap = int(counts_E.max()) if M else 0
         # padded bmm: few ops (decode steps, small batches) or little padding; else one matmul chain per expert
         padded = self.dispatch == "padded" or (
             self.dispatch == "auto" and (M <= 64 * E or E * cap <= 1.25 * M)
         )
         if expert_M is not None and M and padded:
-            return self._padded_bmm(x_MD, counts_E, expert_M, cap)
+            return _padded_bmm(x_MD, counts_E, expert_M, cap, gate_EID, up_EID, down_EDI)
         pieces = []
         start = 0
         # unbind once: its backward stacks the E slice-gradients instead of E full-size accumulations
-        for n, wg, wu, wd in zip(
-            counts_E.tolist(), self.gate_proj.unbind(0), self.up_proj.unbind(0), self.down_proj.unbind(0)
-        ):
+        for n, wg, wu, wd in zip(counts_E.tolist(), gate_EID.unbind(0), up_EID.unbind(0), down_EDI.unbind(0)):
             if n == 0:
                 continue
             xe = x_MD[start : start + n]
             pieces.append(F.linear(F.silu(F.linear(xe, wg)) * F.linear(xe, wu), wd))
             start += n
         if not pieces:
-            return x_MD.new_zeros(0, self.down_proj.shape[1])
+            return x_MD.new_zeros(0, down_EDI.shape[1])
         return torch.cat(pieces, dim=0)
 
-    def _padded_bmm(self, x_MD, counts_E, expert_M, cap):
-        """Scatter into (E, cap, D), three bmm, gather back."""
-        E, D = counts_E.shape[0], x_MD.shape[1]
-        start_E = counts_E.cumsum(0) - counts_E
-        slot_M = expert_M * cap + torch.arange(x_MD.shape[0], device=x_MD.device) - start_E[expert_M]
-        x_ECD = x_MD.new_zeros(E * cap, D).index_copy(0, slot_M, x_MD).view(E, cap, D)
-        h = F.silu(torch.bmm(x_ECD, self.gate_proj.transpose(1, 2))) * torch.bmm(
-            x_ECD, self.up_proj.transpose(1, 2)
-        )
-        y_ECD = torch.bmm(h, self.down_proj.transpose(1, 2))
-        return y_ECD.reshape(E * cap, -1).index_select(0, slot_M)
 
+def _local(w: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard (expert parallelism); any other tensor as it is."""
+    return w.to_local() if hasattr(w, "to_local") else w
+
+
+def _padded_bmm(x_MD, counts_E, expert_M, cap, gate_EID, up_EID, down_EDI):
+    """Scatter into (E, cap, D), three bmm, gather back."""
+    E, D = counts_E.shape[0], x_MD.shape[1]
+    start_E = counts_E.cumsum(0) - counts_E
+    slot_M = expert_M * cap + torch.arange(x_MD.shape[0], device=x_MD.device) - start_E[expert_M]
+    x_ECD = x_MD.new_zeros(E * cap, D).index_copy(0, slot_M, x_MD).view(E, cap, D)
+    h = F.silu(torch.bmm(x_ECD, gate_EID.transpose(1, 2))) * torch.bmm(x_ECD, up_EID.transpose(1, 2))
+    y_ECD = torch.bmm(h, down_EDI.transpose(1, 2))
+    return y_ECD.reshape(E * cap, -1).index_select(0, slot_M)
 
 class MoE(nn.Module):
     """Routed experts + shared experts. Records per-expert token counts of each training forward."""
+
+    # True while activation checkpointing recomputes a forward in backward: its tokens were counted
+    recomputing = False
 
     def __init__(self, config: MoonlightConfig) -> None:
         super().__init__()
@@ -176,6 +183,10 @@ class MoE(nn.Module):
             if config.n_shared_experts > 0
             else None
         )
+        # None: every expert is here. Else a callable (experts, x_MD, counts_E, expert_M) -> y_MD that sends
+        # the sorted assignments to the ranks holding their experts and brings the outputs back in the
+        # same order (muonext.parallel's expert parallelism): the one distribution hook of the model.
+        self.expert_parallel = None
         # tokens routed to each expert, summed over training forwards since the last bias update; a plain
         # float64 attribute (not a buffer) so that model.to(bf16) cannot round the counts
         self.load_accum = torch.zeros(config.n_routed_experts, dtype=torch.float64)
@@ -189,7 +200,11 @@ class MoE(nn.Module):
         flat_M = r.idx_NK.reshape(-1)
         order_M = flat_M.argsort(stable=True)
         counts_E = torch.bincount(flat_M, minlength=self.n_experts)
-        y_sorted_MD = self.experts(x_ND.index_select(0, order_M // self.top_k), counts_E, flat_M[order_M])
+        x_sorted_MD, expert_M = x_ND.index_select(0, order_M // self.top_k), flat_M[order_M]
+        if self.expert_parallel is None:
+            y_sorted_MD = self.experts(x_sorted_MD, counts_E, expert_M)
+        else:
+            y_sorted_MD = self.expert_parallel(self.experts, x_sorted_MD, counts_E, expert_M)
         # back to (token, k) order: row order_M[m] of the result is sorted row m
         y_NKD = (
             y_sorted_MD.new_empty(y_sorted_MD.shape)
@@ -223,10 +238,20 @@ class MoE(nn.Module):
             valid_M = mask_BT.reshape(-1).bool().repeat_interleave(self.top_k)
             counts_E = torch.bincount(flat_M[valid_M], minlength=self.n_experts)
         self.last_load = counts_E.detach()
-        if self.training:
+        if self.training and not MoE.recomputing:
             if self.load_accum.device != counts_E.device:  # first use after a move (or a meta build)
                 self.reset_load(counts_E.device)
             self.load_accum += counts_E.to(torch.float64)
+
+
+@contextlib.contextmanager
+def recomputing():
+    """Marks a forward run again by activation checkpointing (its expert loads are not counted twice)."""
+    MoE.recomputing = True
+    try:
+        yield
+    finally:
+        MoE.recomputing = False
 
 
 def sequence_aux_loss(

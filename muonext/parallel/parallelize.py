@@ -1,0 +1,83 @@
+"""Shard a Moonlight model over a device mesh: FSDP2 per decoder layer, expert parallelism, optional
+activation checkpointing (DESIGN.md §8).
+
+    routed experts   ep > 1: each (E, out, in) stack becomes a `Shard(0)` DTensor over `ep` (rank p
+                     holds experts [p·E/ep, (p+1)·E/ep)), tokens travel by all_to_all
+                     (`ExpertParallel`); the local experts are then FSDP-sharded over `dp_shard_mod_ep`
+    decoder layers   one `fully_shard` unit each over `dp_shard` (HSDP with `dp_replicate` when > 1)
+    embeddings       one unit; the final norm and the head another; the root takes what is left
+    gradients        FSDP2 reduce-scatters (and all-reduces over replicas) as plain sums: the trainer
+                     scales each rank's loss so that the sum over ranks is the global token mean,
+                     which is right for the experts too, whose gradients meet over fewer ranks
+
+Muon (`muonext.optim.Muon`) steps the resulting DTensor parameters directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import torch
+from torch import nn
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.tensor import Shard, distribute_tensor
+from torch.utils.checkpoint import checkpoint
+
+from ..models import MoonlightForCausalLM
+from ..models.moe import recomputing
+from .expert_parallel import ExpertParallel
+from .mesh import ParallelMesh
+
+__all__ = ["parallelize_moonlight"]
+
+EXPERT_STACKS = ("gate_proj", "up_proj", "down_proj")
+
+
+def parallelize_moonlight(model: MoonlightForCausalLM, mesh: ParallelMesh, *, activation_checkpointing: bool = False,
+                          reshard_after_forward: bool = True) -> MoonlightForCausalLM:
+    """Shards `model` in place over `mesh` (from `build_mesh`) and returns it.
+
+    Every rank must hold the same full model beforehand (same seed or the same checkpoint), or a model
+    on the meta device to be materialised after (`materialize`). Parameter names are unchanged.
+    """
+    if model.config.tie_word_embeddings:
+        raise ValueError("parallelize_moonlight: tied embeddings are not supported (one parameter in two "
+                         "FSDP units); train with tie_word_embeddings=False")
+    ep_mesh = mesh.ep
+    if ep_mesh.size() > 1:
+        for moe in model.moe_layers():
+            moe.expert_parallel = ExpertParallel(ep_mesh, moe.n_experts)
+            for name in EXPERT_STACKS:
+                full = getattr(moe.experts, name)
+                local = distribute_tensor(full.detach(), ep_mesh, [Shard(0)], src_data_rank=None)
+                setattr(moe.experts, name, nn.Parameter(local, requires_grad=full.requires_grad))
+    dp_mesh, expert_mesh = mesh.dense_fsdp, mesh.expert_fsdp
+    for layer in model.model.layers:
+        if activation_checkpointing:
+            # inside the FSDP unit: recomputation runs while backward holds the layer's parameters
+            layer.forward = functools.partial(checkpoint, layer.forward, use_reentrant=False,
+                                              context_fn=_recompute_contexts)
+        if layer.is_moe and ep_mesh.size() > 1:
+            fully_shard(layer.mlp.experts, mesh=expert_mesh, reshard_after_forward=reshard_after_forward)
+        fully_shard(layer, mesh=dp_mesh, reshard_after_forward=reshard_after_forward)
+    fully_shard(model.model.embed_tokens, mesh=dp_mesh, reshard_after_forward=reshard_after_forward)
+    fully_shard([model.model.norm, model.lm_head], mesh=dp_mesh, reshard_after_forward=reshard_after_forward)
+    fully_shard(model, mesh=dp_mesh, reshard_after_forward=reshard_after_forward)
+    for module in model.modules():
+        if isinstance(module, FSDPModule):  # sums (see the module docstring); gloo has no premultiplied sum
+            module.set_gradient_divide_factor(1.0)
+            module.set_force_sum_reduction_for_comms(True)
+    return model
+
+
+def _recompute_contexts():
+    return contextlib.nullcontext(), recomputing()
+
+
+@torch.no_grad()
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer whole, on the CPU, on rank 0 (others get {}). A collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

@@ -109,3 +109,50 @@ def test_mismatch_nonfinite_and_bad_gradients_are_agreed_across_ranks():
         assert out["after_skip_changed"], f"{rank=} {out=}"
     assert job[1][1]["bad_grad"].startswith("TypeError") and "w_out" in job[1][1]["bad_grad"], job[1]
     assert job[0][1]["bad_grad"].startswith("DistributedMuonError") and "[1]" in job[0][1]["bad_grad"], job[0]
+
+
+def dtensor_fault_job(rank: int, world: int, how: str) -> str:
+    """Muon on row-sharded DTensors; in the third step rank 1's Newton–Schulz raises or the process dies."""
+    import os
+
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    import muonext.ops
+    from muonext.optim import Muon
+
+    mesh = init_device_mesh("cpu", (world,))
+    params = {k: torch.nn.Parameter(distribute_tensor(p.detach(), mesh, [Shard(0)])) for k, p in make_params().items()}
+    opt = Muon(list(params.items()), lr=LR, ns_dtype=torch.float32)
+    real, calls = muonext.ops.newton_schulz_grouped, [0]
+
+    def faulty(*args, **kwargs):
+        calls[0] += 1
+        if rank == 1 and calls[0] > 4:
+            if how == "exit":
+                os._exit(3)
+            raise RuntimeError("injected fault in Newton-Schulz")
+        return real(*args, **kwargs)
+
+    muonext.ops.newton_schulz_grouped = faulty
+    for step in range(6):
+        grads = rank_grads(step, rank)
+        for k, p in params.items():
+            p.grad = distribute_tensor(grads[k], mesh, [Shard(0)])
+        opt.step()
+    return "finished all steps"
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("how", ["raise", "exit"])
+def test_muon_on_dtensors_fails_every_rank_when_one_raises_or_dies(how):
+    start = time.monotonic()
+    job = spawn_job(dtensor_fault_job, 3, how, timeout=90)
+    elapsed = time.monotonic() - start
+    assert {r: s for r, (s, _) in job.items()} == {0: "error", 1: "error", 2: "error"}, f"{job=}"
+    for r in (0, 2):
+        message = job[r][1]
+        assert message.startswith("DistributedMuonError: Muon: rank"), f"rank {r}: {message}"
+        if how == "raise":
+            assert "rank 1 failed in Muon.step" in message and "injected fault" in message, f"rank {r}: {message}"
+    assert elapsed < 60, f"{elapsed=}"  # well inside the harness's 20 s process-group timeout per collective

@@ -103,7 +103,8 @@ def test_export_opens_in_transformers_with_the_same_logits(tmp_path, cache):
     assert err <= 1e-4, f"{err=}"
     # --init-from a transformers-format directory (its tokenizer.json comes along)
     again = Trainer(cfg_for(tmp_path / "again", cache, init_from=str(export), max_steps=1), setup_runtime("cpu"))
-    assert again.data.tokenizer_path == export / "tokenizer.json"
+    assert again.data.tokenizer_path == tmp_path / "again" / "tokenizer.json"  # the run keeps its own copy
+    assert again.data.tokenizer_path.read_bytes() == (export / "tokenizer.json").read_bytes()
     mine, theirs = trainer.model.state_dict(), again.model.state_dict()
     assert all(torch.equal(mine[k], theirs[k]) for k in mine)
 

@@ -1,4 +1,5 @@
-"""DistributedMuon's collectives: torch.distributed calls with byte counters and failures that name a rank.
+"""The optimizers' collectives (DistributedMuon, and Muon on DTensors): torch.distributed calls with byte
+counters and failures that name a rank.
 
 Bytes are counted per rank and per collective kind with the ring-algorithm volumes (the convention of
 nccl-tests), for a full buffer of M bytes over N ranks:
@@ -6,7 +7,7 @@ nccl-tests), for a full buffer of M bytes over N ranks:
   all_reduce                   sent = received = 2 · (N − 1)/N · M
   all_to_all                   the exact bytes to / from other ranks (self-sends are free)
 These are what the algorithm must move, whatever a backend does internally (gloo's all_gather, for one,
-is not a ring). A rank that raises inside `DistributedMuon.step` records "rank r failed: …" in the
+is not a ring). A rank that raises inside the optimizer's `step` records "rank r failed: …" in the
 process group's store; a rank whose collective then fails (peer gone, or the process-group timeout)
 raises `DistributedMuonError` quoting that record, instead of hanging or blaming the transport.
 """
@@ -28,7 +29,8 @@ _FAILURE_KEY = "muonext/distributed_muon/failed/{rank}"
 
 
 class DistributedMuonError(RuntimeError):
-    """A collective of DistributedMuon failed because another rank raised, died or timed out."""
+    """A collective of DistributedMuon (or of Muon on DTensors) failed because another rank raised, died
+    or timed out."""
 
 
 def _store():
@@ -59,10 +61,11 @@ class _Handle:
 
 
 class Collectives:
-    """Async collectives over `group` that count bytes into `self.bytes` (reset by `new_step`)."""
+    """Async collectives over `group` that count bytes into `self.bytes` (reset by `new_step`); `label`
+    names the optimizer in failure messages."""
 
-    def __init__(self, group=None):
-        self.group = group
+    def __init__(self, group=None, label: str = "DistributedMuon"):
+        self.group, self.label = group, label
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
         self.bytes: dict[str, dict[str, int]] = defaultdict(lambda: {"sent": 0, "received": 0})
@@ -115,7 +118,7 @@ class Collectives:
         store = _store()
         if store is None:
             return
-        message = f"rank {dist.get_rank()} failed in DistributedMuon.step {self.step}: {type(exc).__name__}: {exc}"
+        message = f"rank {dist.get_rank()} failed in {self.label}.step {self.step}: {type(exc).__name__}: {exc}"
         with contextlib.suppress(Exception):  # the store may be gone too; the raise on this rank stands
             store.set(_FAILURE_KEY.format(rank=dist.get_rank()), message[:2000])
 
@@ -139,7 +142,7 @@ class Collectives:
         cause = ("; ".join(records) if records else
                  "another rank raised, died or was slower than the process-group timeout (no failure record)")
         return DistributedMuonError(
-            f"DistributedMuon: rank {self.rank} stopped waiting for {what} in step {self.step}: {cause}. "
+            f"{self.label}: rank {self.rank} stopped waiting for {what} in step {self.step}: {cause}. "
             f"Transport error: {type(exc).__name__}: {str(exc).strip()[:500]}"
         )
 

@@ -28,6 +28,7 @@ from torch.optim import Optimizer
 
 from .. import ops
 from .adamw import adamw_step, init_adamw_state
+from .dist_comm import DistributedMuonError
 from .dtensor_params import is_dtensor, local
 from .hparams import update_scale, validate_group
 from .ns_batches import newton_schulz_batches, ns_key
@@ -148,14 +149,26 @@ class Muon(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        items = self._collect()
-        if self._sharded is not None:
-            agreed = self._sharded.agree(items)  # the same parameters on every rank, or None to skip
-            if agreed is None:
-                return loss
-            items = [_Item(*fields) for fields in agreed]
-        elif self.check_finite and not self._all_finite(items):
+        if self._sharded is None:
+            self._step(self._collect())
             return loss
+        self._sharded.new_step()
+        try:
+            agreed = self._sharded.agree(self._collect())  # the same parameters on every rank, or None
+            if agreed is not None:
+                self._step([_Item(*fields) for fields in agreed])
+        except (DistributedMuonError, NonFiniteGradientError):
+            raise  # every rank raises these together, or the record names the rank that failed
+        except BaseException as exc:
+            self._sharded.record_failure(exc)
+            raise
+        finally:
+            self.comm_bytes = self._sharded.comm_bytes()
+        return loss
+
+    def _step(self, items: list[_Item]) -> None:
+        if self._sharded is None and self.check_finite and not self._all_finite(items):
+            return
         muon_items = [it for it in items if self._uses_muon(it.group, it.name, it.param)]
         adamw_items = [it for it in items if not self._uses_muon(it.group, it.name, it.param)]
         rms_items, rms_values = [], []
@@ -163,13 +176,12 @@ class Muon(Optimizer):
             rms_items += done
             rms_values += values
         if not self.track_update_rms:
-            return loss
+            return
         if self._sharded is not None:
             self._sharded.reduce_rms(rms_items, rms_values)
         else:
             self._rms_names = [it.name for it in rms_items]
             self._rms_values = torch.stack(rms_values).float() if rms_values else None
-        return loss
 
     def _collect(self) -> list[_Item]:
         items = []

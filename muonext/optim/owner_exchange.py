@@ -9,8 +9,9 @@ first, to the least-loaded rank, preferring the rank that holds the biggest piec
     scatter  one all_to_all: the owner sends each rank the piece of the update it holds
 
 Both all_to_alls carry the NS dtype (bf16 by default, as the paper's gather). A rank's own pieces
-travel as self-sends, which keeps one code path; `bytes` counts what crosses to other ranks. Every rank
-of the group must build the exchange from the same list of parameters, in the same order.
+travel as self-sends, which keeps one code path; only what crosses to other ranks is counted. Every rank
+of the group must build the exchange from the same list of parameters, in the same order. A peer that
+fails mid-exchange surfaces as a `DistributedMuonError` naming it (`dist_comm.Collectives`).
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from __future__ import annotations
 from collections import defaultdict
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
+from .dist_comm import Collectives
 from .dtensor_params import SplitParam
 from .shapes import balanced_owners, matrix_shape, ns_flops
 
@@ -30,10 +31,10 @@ __all__ = ["OwnerExchange"]
 class OwnerExchange:
     """The split matrices of one process group, each given to one owner rank."""
 
-    def __init__(self, params: list[SplitParam], slack: float = 1.1):
+    def __init__(self, params: list[SplitParam], comm: Collectives, slack: float = 1.1):
         first = params[0]
-        self.params = params
-        self.group, self.rank, self.size = first.group, first.group_rank, first.group_size
+        self.params, self.comm = params, comm
+        self.rank, self.size = first.group_rank, first.group_size
         self.units: list[tuple[int, int]] = []  # (position in params, matrix index)
         costs, held = [], []
         for k, sp in enumerate(params):
@@ -50,7 +51,6 @@ class OwnerExchange:
         for u, owner in enumerate(self.owner):
             self.owned_by[owner].append(u)
         self.mine = self.owned_by[self.rank]
-        self.bytes = {"sent": 0, "received": 0}
 
     # -- shapes ------------------------------------------------------------------------------------
 
@@ -80,14 +80,11 @@ class OwnerExchange:
 
     # -- the two all_to_alls ------------------------------------------------------------------------
 
-    def _all_to_all(self, send: list[Tensor], send_splits: list[int], recv_splits: list[int], dtype):
+    def _all_to_all(self, send: list[Tensor], send_splits: list[int], recv_splits: list[int], dtype, kind: str):
         flat = torch.cat([t.reshape(-1) for t in send]).to(dtype) if send else torch.empty(0, dtype=dtype)
         recv = torch.empty(sum(recv_splits), dtype=dtype, device=flat.device)
-        work = dist.all_to_all_single(recv, flat, recv_splits, send_splits, group=self.group, async_op=True)
-        size = flat.element_size()
-        self.bytes["sent"] += (sum(send_splits) - send_splits[self.rank]) * size
-        self.bytes["received"] += (sum(recv_splits) - recv_splits[self.rank]) * size
-        return recv, work
+        what = f"the Newton–Schulz {kind.split(':')[1]} of {len(self.units)} split matrices"
+        return recv, self.comm.all_to_all(recv, flat, recv_splits, send_splits, kind, what)
 
     def gather(self, pieces: list[Tensor], dtype: torch.dtype):
         """Starts sending this rank's momentum pieces (`pieces[k]`: local shape of params[k]) to their
@@ -98,7 +95,7 @@ class OwnerExchange:
             send += [self._piece(pieces[self.units[u][0]], self.units[u][1]) for u in units]
             send_splits.append(sum(self._numel(u, self.rank) for u in units))
         recv_splits = [sum(self._numel(u, s) for u in self.mine) for s in range(self.size)]
-        return self._all_to_all(send, send_splits, recv_splits, dtype)
+        return self._all_to_all(send, send_splits, recv_splits, dtype, "all_to_all:gather")
 
     def matrices(self, handle) -> list[Tensor]:
         """Waits for `gather`; the whole (rows, cols) matrix of each unit this rank owns (`self.mine`)."""
@@ -123,7 +120,7 @@ class OwnerExchange:
                 send.append(whole.narrow(self._piece_dim(u), sum(sp.sizes[:s]), sp.sizes[s]))
         send_splits = [sum(self._numel(u, s) for u in self.mine) for s in range(self.size)]
         recv_splits = [sum(self._numel(u, self.rank) for u in self.owned_by[q]) for q in range(self.size)]
-        return self._all_to_all(send, send_splits, recv_splits, dtype)
+        return self._all_to_all(send, send_splits, recv_splits, dtype, "all_to_all:scatter")
 
     def updates(self, handle, dtype: torch.dtype) -> list[Tensor]:
         """Waits for `scatter`; this rank's piece of the update of each parameter (its local shape)."""

@@ -10,6 +10,9 @@
   across ranks go through an `OwnerExchange` per process group, while whole ones run NS.
 * `update_rms` of a DTensor is of the whole update: local sums of squares (each element counted once
   over replicas) meet in one async all_reduce, read when `update_rms` is.
+* Collectives go through `dist_comm.Collectives`: bytes are counted per step (`Muon.comm_bytes`), and a
+  rank that raises mid-step leaves a record that the others' failing collectives quote
+  (`DistributedMuonError`) instead of hanging until the process-group timeout.
 
 Every rank of the default process group must hold the same parameter list and step together.
 """
@@ -23,6 +26,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .adamw import init_adamw_state
+from .dist_comm import Collectives
 from .dtensor_params import SplitParam, local, replication, split_param
 from .ns_batches import newton_schulz_batches, ns_key
 from .owner_exchange import OwnerExchange
@@ -37,6 +41,8 @@ class ShardedStep:
         self.opt = opt
         self.splits: dict[int, SplitParam] = {}  # id(param) -> how its matrices are split
         self.exchanges: dict[tuple, OwnerExchange] = {}
+        self.world = Collectives(None, "Muon")
+        self.comms: dict[tuple, Collectives] = {}  # one per process group that splits matrices
         self._pending_rms = None
         self.device = None
         for gi in range(len(opt.param_groups)):
@@ -56,6 +62,26 @@ class ShardedStep:
             else:
                 init_adamw_state(state, p)
 
+    # -- the step's frame ---------------------------------------------------------------------
+
+    def new_step(self) -> None:
+        for comm in (self.world, *self.comms.values()):
+            comm.new_step()
+
+    def record_failure(self, exc: BaseException) -> None:
+        """This rank raised mid-step: leave a record that the other ranks' failed collectives quote."""
+        self.world.record_failure(exc)
+
+    def comm_bytes(self) -> dict[str, dict[str, int]]:
+        """Bytes this rank sent and received in the last step, by collective kind."""
+        total: dict[str, dict[str, int]] = {}
+        for comm in (self.world, *self.comms.values()):
+            for kind, counts in comm.bytes.items():
+                entry = total.setdefault(kind, {"sent": 0, "received": 0})
+                for k in entry:
+                    entry[k] += counts[k]
+        return total
+
     # -- agreement ---------------------------------------------------------------------------
 
     def agree(self, items: list) -> list[tuple] | None:
@@ -74,9 +100,8 @@ class ShardedStep:
             maxima = torch._foreach_norm([g for _, g in held], float("inf"))
             flags[[n + i for i, _ in held]] = (~torch.stack(maxima).isfinite()).float().cpu()
         flags = flags.to(self.device)  # NCCL reduces device tensors only
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        self.world.all_reduce(flags, "the gradient check", op=dist.ReduceOp.MAX).wait()
         flags = flags.cpu()
-        opt.comm_bytes = {}
         bad = [params[i][2] for i in range(n) if flags[n + i] > 0]
         if bad and not opt.nonfinite(bad):
             return None
@@ -98,7 +123,10 @@ class ShardedStep:
         for (group_key, dtype), idx in by_group.items():
             key = (group_key, tuple(id(items[i].param) for i in idx))
             if key not in self.exchanges:  # the same on every rank of the group: the active set is agreed
-                self.exchanges[key] = OwnerExchange([split[i] for i in idx])
+                if group_key not in self.comms:
+                    self.comms[group_key] = comm = Collectives(split[idx[0]].group, "Muon")
+                    comm.step = self.world.step  # steps are numbered alike in every failure message
+                self.exchanges[key] = OwnerExchange([split[i] for i in idx], self.comms[group_key])
             ex = self.exchanges[key]
             started.append((ex, idx, dtype, ex.gather([ns_inputs[i] for i in idx], dtype)))
         return started
@@ -120,11 +148,6 @@ class ShardedStep:
         updates = {}
         for ex, idx, dtype, handle in scattering:
             updates.update(zip(idx, ex.updates(handle, dtype)))
-        for ex, _, _, _ in started:
-            counts = self.opt.comm_bytes.setdefault("all_to_all", {"sent": 0, "received": 0})
-            for k in counts:
-                counts[k] += ex.bytes[k]
-            ex.bytes = {"sent": 0, "received": 0}
         return updates
 
     def owned_ns_flops(self) -> int:
@@ -139,13 +162,13 @@ class ShardedStep:
             self._pending_rms = None
             return
         sq = torch.stack([v.double() ** 2 * it.grad.numel() / replication(it.param) for it, v in zip(items, values)])
-        work = dist.all_reduce(sq, async_op=True)
-        self._pending_rms = (work, sq, [it.name for it in items], [it.param.numel() for it in items])
+        handle = self.world.all_reduce(sq, "the update-RMS all-reduce")
+        self._pending_rms = (handle, sq, [it.name for it in items], [it.param.numel() for it in items])
 
     def finish_rms(self, names: list[str], values: Tensor | None) -> tuple[list[str], Tensor | None]:
         if self._pending_rms is None:
             return names, values
-        work, sq, names, numels = self._pending_rms
+        handle, sq, names, numels = self._pending_rms
         self._pending_rms = None
-        work.wait()
+        handle.wait()
         return names, (sq.cpu() / torch.tensor(numels, dtype=torch.float64).clamp_min(1)).sqrt().float()

@@ -123,7 +123,7 @@ def build_optimizer(cfg: TrainConfig, model: MoonlightForCausalLM, rt: Runtime) 
     kwargs = {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "momentum": cfg.momentum, "adamw_betas": cfg.betas,
               "ns_dtype": torch.float32 if cfg.ns_dtype == "fp32" else torch.bfloat16}
     groups = muon_param_groups(model)
-    if rt.distributed:
+    if rt.distributed and not rt.sharded:  # a replicated model: ZeRO-1 keeps 1/N of the state per rank
         return DistributedMuon(groups, **kwargs, mode=cfg.muon_mode, grads="reduced")
-    return Muon(groups, **kwargs)
+    return Muon(groups, **kwargs)  # one process, or DTensor parameters (sharded where they lie)
 

@@ -3,6 +3,9 @@
 A checkpoint is a directory `step_00000100/`:
 
     model.safetensors       the model's state dict (rank 0)
+    dcp/                    instead, for a sharded (FSDP2) run: model and optimizer state written by
+                            `torch.distributed.checkpoint`, every rank its shards; loadable at any world
+                            size, one process included
     trainer.json            shared state: step, data position, config, ... (rank 0)
     rank00000.safetensors   per-rank tensors (optimizer state shard, RNG states)
     rank00000.json          per-rank structure (see `flat_state.py`)
@@ -12,6 +15,9 @@ A checkpoint is a directory `step_00000100/`:
 Everything is written into `.tmp-step_.../` and renamed into place only when complete, so a process
 killed mid-save leaves the previous checkpoint untouched (and a stale .tmp dir the next save removes).
 Loading verifies every file against the manifest and names the file that is missing, truncated or corrupt.
+
+DCP writes its `.metadata` file with pickle (torch's format, not ours): it is read only after its
+sha256 matched the manifest, so load sharded checkpoints you (or your run) wrote, not untrusted ones.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import os
 import random
 import re
 import shutil
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +42,7 @@ from .flat_state import flatten, unflatten
 
 FORMAT = 1
 MANIFEST = "manifest.json"
+SHARDED = "dcp"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -90,7 +98,8 @@ def save_checkpoint(
     root: str | os.PathLike,
     step: int,
     *,
-    model_state: dict[str, torch.Tensor],
+    model_state: dict[str, torch.Tensor] | None = None,
+    sharded_state: dict[str, Any] | None = None,
     rank_state: dict[str, Any],
     shared: dict[str, Any],
     files: dict[str, str | os.PathLike] | None = None,
@@ -100,9 +109,13 @@ def save_checkpoint(
 ) -> Path:
     """Write checkpoint `step` under `root` atomically; every rank calls it (`barrier` synchronises them).
 
-    model_state (rank 0's is written), rank_state (each rank's: nested tensors / JSON values), shared
-    (rank 0's: JSON values), files (name -> source path, copied in by rank 0). Returns the final path.
+    model_state (rank 0's is written) or sharded_state (a `torch.distributed.checkpoint` state dict,
+    e.g. {"model": ..., "optim": ...} from `get_state_dict`; every rank writes its shards), rank_state
+    (each rank's: nested tensors / JSON values), shared (rank 0's: JSON values), files (name -> source
+    path, copied in by rank 0). Returns the final path.
     """
+    if (model_state is None) == (sharded_state is None):
+        raise ValueError("save_checkpoint: give exactly one of model_state and sharded_state")
     root = Path(root)
     name = checkpoint_name(step)
     final, tmp = root / name, root / f".tmp-{name}"
@@ -113,12 +126,17 @@ def save_checkpoint(
         tmp.mkdir()
     barrier()
     try:
+        if sharded_state is not None:
+            import torch.distributed.checkpoint as dcp
+
+            dcp.save(sharded_state, checkpoint_id=tmp / SHARDED)  # a collective: every rank writes its shards
         tree, tensors = flatten(rank_state, "rank")
         save_file(tensors, tmp / _rank_file(rank, "safetensors"), metadata={"format": "pt"})
         _write_json(tmp / _rank_file(rank, "json"), tree)
         if rank == 0:
-            weights = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model_state.items()}
-            save_file(weights, tmp / "model.safetensors", metadata={"format": "pt"})
+            if model_state is not None:
+                weights = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model_state.items()}
+                save_file(weights, tmp / "model.safetensors", metadata={"format": "pt"})
             _write_json(tmp / "trainer.json", {"format": FORMAT, "step": step, "world_size": world_size,
                                                **shared})
             for fname, src in (files or {}).items():
@@ -140,8 +158,8 @@ def save_checkpoint(
 
 def _commit(tmp: Path, final: Path, step: int, world_size: int) -> None:
     entries = {}
-    for path in sorted(tmp.iterdir()):
-        entries[path.name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
+        entries[path.relative_to(tmp).as_posix()] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
     _write_json(tmp / MANIFEST, {"format": FORMAT, "step": step, "world_size": world_size, "files": entries})
     _fsync_dir(tmp)
     old = final.with_name(f".tmp-old-{final.name}")
@@ -183,8 +201,25 @@ class LoadedCheckpoint:
     world_size: int
     shared: dict[str, Any]
 
+    @property
+    def sharded(self) -> bool:
+        """Written by a sharded run: model and optimizer state are in dcp/ (`load_sharded`)."""
+        return (self.path / SHARDED).is_dir()
+
     def model_state(self) -> dict[str, torch.Tensor]:
+        if self.sharded:
+            raise CheckpointError(f"{self.path}: a sharded checkpoint; its weights are in {SHARDED}/ "
+                                  "(LoadedCheckpoint.load_sharded)")
         return _load_tensors(self.path / "model.safetensors")
+
+    def load_sharded(self, state: dict[str, Any]) -> None:
+        """Fills `state` (a `get_state_dict`-style dict of this run's layout, any world size) from dcp/."""
+        import torch.distributed as dist
+        import torch.distributed.checkpoint as dcp
+
+        with warnings.catch_warnings():  # one process reading a sharded checkpoint is what we mean
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, checkpoint_id=self.path / SHARDED, no_dist=not dist.is_initialized())
 
     def rank_state(self, rank: int) -> dict[str, Any]:
         if not 0 <= rank < self.world_size:

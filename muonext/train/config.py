@@ -47,7 +47,12 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)  # AdamW (and the AdamW part of Muon)
     momentum: float = 0.95  # Muon
     ns_dtype: str = "bf16"  # Newton–Schulz precision: bf16 | fp32
-    muon_mode: str = "gather"  # DistributedMuon: gather (the paper) | owner
+    muon_mode: str = "gather"  # DistributedMuon (replicated model, dp_shard 1): gather (the paper) | owner
+    # parallelism (torchrun): processes = dp_replicate × dp_shard; ep is carved out of dp_shard
+    dp_replicate: int = 1  # replicas: DDP when dp_shard is 1, else HSDP (replicas of a sharded model)
+    dp_shard: int = -1  # FSDP2 shards of the model (-1: processes / dp_replicate); 1 = replicated
+    ep: int = 1  # expert parallelism: ranks that split the routed experts (divides dp_shard)
+    activation_checkpointing: bool = False  # recompute each decoder layer in backward (sharded runs)
     # schedule
     schedule: str = "cosine"  # cosine (warm-up + cosine) | wsd (warm-up, stable, decay)
     warmup_steps: int = 5
@@ -124,6 +129,14 @@ class TrainConfig:
             _fail("sft", "cannot be combined with data (SFT reads its own .jsonl)", self.sft)
         if self.resume not in (None, "auto") and not os.path.isdir(self.resume):
             _fail("resume", "must be 'auto' or an existing checkpoint directory", self.resume)
+        if self.dp_replicate < 1 or self.ep < 1:
+            _fail("dp_replicate" if self.dp_replicate < 1 else "ep", "must be >= 1",
+                  self.dp_replicate if self.dp_replicate < 1 else self.ep)
+        if self.dp_shard != -1 and self.dp_shard < 1:
+            _fail("dp_shard", "must be >= 1 or -1 (the processes dp_replicate leaves)", self.dp_shard)
+        if self.dp_shard != -1 and self.dp_shard % self.ep:
+            _fail("ep", f"must divide dp_shard ({self.dp_shard}): experts are split among the sharded ranks",
+                  self.ep)
         if self.resume is not None and self.init_from is not None:
             _fail("init_from", "cannot be combined with resume (the checkpoint holds the weights)", self.init_from)
 

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from ..parallel.norms import squared_sums
+
 KINDS = ("embedding", "head", "norm", "router", "attention", "expert", "shared", "dense", "other")
 
 
@@ -45,11 +47,12 @@ def param_kind(name: str) -> str:
 
 @torch.no_grad()
 def weight_rms_by_kind(model: torch.nn.Module) -> dict[str, float]:
-    """RMS over all elements of each kind's parameters."""
+    """RMS over all elements of each kind's parameters (whole tensors when sharded: one all_reduce)."""
+    names, params = zip(*model.named_parameters())
     sq, n = defaultdict(float), defaultdict(int)
-    for name, p in model.named_parameters():
+    for name, p, s in zip(names, params, squared_sums([p.detach() for p in params]).tolist()):
         k = param_kind(name)
-        sq[k] += float(p.detach().float().pow(2).sum())
+        sq[k] += s
         n[k] += p.numel()
     return {f"weight_rms/{k}": math.sqrt(sq[k] / n[k]) for k in sq}
 

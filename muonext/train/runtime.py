@@ -1,7 +1,10 @@
-"""Process setup: device choice and torch.distributed (torchrun: WORLD_SIZE > 1; gloo on CPU, NCCL on GPU).
+"""Process setup: device choice, torch.distributed (torchrun: WORLD_SIZE > 1; gloo on CPU, NCCL on GPU)
+and the device mesh of a parallel run (`muonext.parallel`: dp_replicate × dp_shard ranks, ep carved
+out of dp_shard).
 
-Gradients are averaged with one all-reduce per step (flattened buckets), so gradient clipping sees the
-global norm; DistributedMuon then keeps 1/N of the optimizer state per rank (ZeRO-1, grads="reduced").
+Every rank is a data-parallel rank and reads its own rows of the global batch. With dp_shard > 1 the
+model is sharded by FSDP2 (HSDP over dp_replicate, experts over ep); with dp_shard = 1 and several
+processes it is replicated and torch's DDP (`replicate`) averages the gradients.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from ..parallel import ParallelDims, ParallelMesh, build_mesh
+
 
 @dataclass
 class Runtime:
@@ -20,6 +25,12 @@ class Runtime:
     local_rank: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     owns_group: bool = False  # we initialised the process group (and destroy it at the end)
+    mesh: ParallelMesh | None = None  # the device mesh when distributed
+
+    @property
+    def sharded(self) -> bool:
+        """FSDP2 (and expert parallelism): parameters are DTensors."""
+        return self.mesh is not None and self.mesh.dims.dp_shard > 1
 
     @property
     def is_main(self) -> bool:
@@ -44,7 +55,8 @@ class Runtime:
             dist.destroy_process_group()
 
 
-def setup_runtime(device: str = "auto") -> Runtime:
+def setup_runtime(device: str = "auto", dp_replicate: int = 1, dp_shard: int = -1, ep: int = 1) -> Runtime:
+    """The device and process group of this rank, and the mesh (`dp_shard=-1`: what dp_replicate leaves)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -63,28 +75,13 @@ def setup_runtime(device: str = "auto") -> Runtime:
         owns = True
     if dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
-    return Runtime(rank, world, local, dev, owns)
+    try:
+        dims = ParallelDims.for_world(world, dp_replicate, dp_shard, ep)
+    except ValueError:
+        if owns:
+            dist.destroy_process_group()
+        raise
+    mesh = build_mesh(dims, dev.type) if world > 1 else None
+    return Runtime(rank, world, local, dev, owns, mesh)
 
 
-@torch.no_grad()
-def all_reduce_grads(params: list[torch.Tensor], rt: Runtime, bucket_numel: int = 1 << 24) -> None:
-    """Sum p.grad over ranks (the loss is already scaled so that the sum is the global mean)."""
-    if not rt.distributed:
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-    for g in grads:
-        by_dtype.setdefault(g.dtype, []).append(g)
-    for group in by_dtype.values():
-        bucket, size = [], 0
-        for g in group + [None]:
-            if g is not None and (size + g.numel() <= bucket_numel or not bucket):
-                bucket.append(g)
-                size += g.numel()
-                continue
-            if bucket:
-                flat = torch.cat([b.reshape(-1) for b in bucket])
-                dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-                for b, piece in zip(bucket, flat.split([b.numel() for b in bucket])):
-                    b.copy_(piece.view_as(b))
-            bucket, size = ([g], g.numel()) if g is not None else ([], 0)

@@ -1,15 +1,18 @@
 """The training loop: Muon (or AdamW) on Moonlight, one process or torchrun (DESIGN.md §6).
 
 Per step: grad_accum micro-batches of the *global* batch (each rank keeps its rows), loss scaled so that
-the gradients summed over micro-batches and ranks are the global token-mean; one all-reduce of the
-gradients; clipping; lr from the schedule; optimizer step; aux-loss-free router bias update with the
-expert loads summed over ranks. Every `log_every` steps a metrics line; periodic validation; atomic
-checkpoints; at the end a sample, an export (transformers format) and plots.
+the gradients summed over micro-batches and ranks are the global token-mean; gradients reduced by torch
+(FSDP2's reduce-scatter as a sum when sharded, DDP's all-reduce mean when replicated, hence the loss
+scale); clipping by the global norm; lr from the schedule; optimizer step; aux-loss-free router bias
+update with the expert loads summed over ranks. Every `log_every` steps a metrics line; periodic
+validation; atomic checkpoints (DCP when sharded); at the end a sample, an export (transformers
+format) and plots.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -20,13 +23,21 @@ from tqdm import tqdm
 
 from ..data.loader import Loader, eval_batches, shard_rows
 from ..data.sft import IGNORE
-from ..models import generate, save_pretrained
+from ..models import MoonlightForCausalLM, generate, save_pretrained
 from ..optim import DistributedMuon, Muon, to_muon_state_dict
+from ..parallel import full_state_dict, parallelize_moonlight
+from ..parallel.norms import clip_grad_norm_, squared_sums
 from .build import build_data, build_model, build_optimizer, model_config_dict
-from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
 from .config import TrainConfig
 from .metrics import MetricsLogger, update_rms_by_kind, weight_rms_by_kind
-from .runtime import Runtime, all_reduce_grads, setup_runtime
+from .runtime import Runtime, setup_runtime
 from .schedule import lr_factor, set_lr
 
 # settings that a resumed run must share with the original to continue it exactly
@@ -62,8 +73,12 @@ class Trainer:
             resume_dir = Path(cfg.resume)
         ck = load_checkpoint(resume_dir) if resume_dir is not None else None
         self.data = build_data(cfg, rt, resume_dir)
-        self.model = build_model(cfg, self.data, ck.shared["model_config"] if ck else None).to(rt.device)
+        self._keep_tokenizer()
+        model = build_model(cfg, self.data, ck.shared["model_config"] if ck else None).to(rt.device)
+        self.model = self._parallelize(model)
         self.optimizer = build_optimizer(cfg, self.model, rt)
+        # DDP averages gradients over ranks; the loss is scaled for a sum (what FSDP2 is set to do)
+        self.loss_scale = float(rt.world_size) if rt.distributed and not rt.sharded else 1.0
         self.loader = Loader(self.data.train, cfg.batch_size, cfg.seed)
         self.val_batches = eval_batches(self.data.val, cfg.batch_size, cfg.eval_batches)
         self.step, self.tokens_seen, self.val_loss = 0, 0, None
@@ -72,22 +87,51 @@ class Trainer:
             self._restore(ck)
         self.logger = MetricsLogger(self.out, rt.is_main, self.step if ck else None)
 
+    def _keep_tokenizer(self) -> None:
+        """A copy in the run directory: the checkpoint it was read from may be pruned while the run goes on,
+        and every later checkpoint and the export copy it in."""
+        own = self.out / "tokenizer.json"
+        if self.rt.is_main and self.data.tokenizer_path.resolve() != own.resolve():
+            self.out.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.data.tokenizer_path, own)
+        self.rt.barrier()
+        self.data.tokenizer_path = own
+
+    def _parallelize(self, model: MoonlightForCausalLM) -> MoonlightForCausalLM:
+        if self.rt.sharded:
+            return parallelize_moonlight(model, self.rt.mesh, activation_checkpointing=self.cfg.activation_checkpointing)
+        if self.rt.distributed:  # torch's DDP; no buffer broadcast: rank 0 alone samples at the end
+            from torch.distributed._composable.replicate import replicate
+
+            replicate(model, device_ids=None if self.rt.device.type == "cpu" else [self.rt.device],
+                      broadcast_buffers=False)
+        return model
+
     # ------------------------------------------------------------------ checkpoints
-    def _restore(self, ck) -> None:
+    def _sharded_state(self) -> dict:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        return {"model": model_sd, "optim": optim_sd}
+
+    def _restore_weights_and_optimizer(self, ck) -> None:
+        if ck.sharded:
+            if isinstance(self.optimizer, DistributedMuon):
+                raise CheckpointError(f"{ck.path}: written by a sharded run; resume it sharded (--dp-shard > 1) "
+                                      "or in one process, not with a replicated model (dp_shard 1)")
+            from torch.distributed.checkpoint.state_dict import set_state_dict
+
+            state = self._sharded_state()
+            ck.load_sharded(state)
+            set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
+                           optim_state_dict=state["optim"])
+            if isinstance(self.optimizer, Muon):
+                self.optimizer.skipped_steps = ck.shared.get("skipped_steps", 0)
+            return
+        if self.rt.sharded:
+            raise CheckpointError(f"{ck.path}: written by an unsharded run; resume it the same way, or start a "
+                                  "sharded run from its weights with --init-from")
         self.model.load_state_dict(ck.model_state())
-        for moe in self.model.moe_layers():
-            moe.reset_load()
-        s = ck.shared
-        changed = {k: (s["config"][k], getattr(self.cfg, k)) for k in RESUME_FIELDS
-                   if k in s["config"] and s["config"][k] != getattr(self.cfg, k)}
-        if changed:
-            warnings.warn(f"resuming {ck.path} with changed settings {changed} (checkpoint, now): the run will "
-                          "not match one that never stopped", stacklevel=2)
-        self.step, self.tokens_seen, self.val_loss = s["step"], s["tokens_seen"], s.get("val_loss")
-        self.loader.load_state_dict(s["loader"])
-        if s["optimizer_kind"] != self.cfg.optimizer:
-            raise ValueError(f"{ck.path}: was trained with optimizer {s['optimizer_kind']!r}, "
-                             f"TrainConfig.optimizer is {self.cfg.optimizer!r}")
         same = ck.world_size == self.rt.world_size
         mine = ck.rank_state(self.rt.rank) if self.rt.rank < ck.world_size else None
         if same or isinstance(self.optimizer, torch.optim.AdamW):
@@ -98,6 +142,23 @@ class Trainer:
                 self.optimizer.load_state_dict(shards if ck.world_size > 1 else shards[0])
             else:
                 self.optimizer.load_state_dict(to_muon_state_dict(shards))
+
+    def _restore(self, ck) -> None:
+        if ck.shared["optimizer_kind"] != self.cfg.optimizer:
+            raise ValueError(f"{ck.path}: was trained with optimizer {ck.shared['optimizer_kind']!r}, "
+                             f"TrainConfig.optimizer is {self.cfg.optimizer!r}")
+        self._restore_weights_and_optimizer(ck)
+        for moe in self.model.moe_layers():
+            moe.reset_load()
+        s = ck.shared
+        changed = {k: (s["config"][k], getattr(self.cfg, k)) for k in RESUME_FIELDS
+                   if k in s["config"] and s["config"][k] != getattr(self.cfg, k)}
+        if changed:
+            warnings.warn(f"resuming {ck.path} with changed settings {changed} (checkpoint, now): the run will "
+                          "not match one that never stopped", stacklevel=2)
+        self.step, self.tokens_seen, self.val_loss = s["step"], s["tokens_seen"], s.get("val_loss")
+        self.loader.load_state_dict(s["loader"])
+        mine = ck.rank_state(self.rt.rank) if self.rt.rank < ck.world_size else None
         if mine is not None:
             torch.set_rng_state(mine["rng"]["torch"])
             if "cuda" in mine["rng"] and self.rt.device.type == "cuda":
@@ -109,12 +170,16 @@ class Trainer:
             rng["cuda"] = torch.cuda.get_rng_state(self.rt.device)
         shared = {"tokens_seen": self.tokens_seen, "loader": self.loader.state_dict(), "val_loss": self.val_loss,
                   "optimizer_kind": self.cfg.optimizer, "config": self.cfg.to_dict(),
-                  "model_config": model_config_dict(self.model)}
+                  "model_config": model_config_dict(self.model),
+                  "skipped_steps": getattr(self.optimizer, "skipped_steps", 0)}
+        if self.rt.sharded:  # DCP: every rank writes its shards of model and optimizer
+            weights = {"sharded_state": self._sharded_state(), "rank_state": {"rng": rng}}
+        else:
+            weights = {"model_state": self.model.state_dict(),
+                       "rank_state": {"optimizer": self.optimizer.state_dict(), "rng": rng}}
         path = save_checkpoint(
-            self.ckpt_root, self.step, model_state=self.model.state_dict(),
-            rank_state={"optimizer": self.optimizer.state_dict(), "rng": rng}, shared=shared,
-            files={"tokenizer.json": self.data.tokenizer_path}, rank=self.rt.rank,
-            world_size=self.rt.world_size, barrier=self.rt.barrier)
+            self.ckpt_root, self.step, **weights, shared=shared, files={"tokenizer.json": self.data.tokenizer_path},
+            rank=self.rt.rank, world_size=self.rt.world_size, barrier=self.rt.barrier)
         if self.rt.is_main:
             prune_checkpoints(self.ckpt_root, self.cfg.keep_last, self.cfg.keep_every)
         self.rt.barrier()
@@ -143,10 +208,9 @@ class Trainer:
                 loss_sum += out.lm_loss.detach().double() * n_local
             if out.aux_loss is not None:
                 loss = loss + out.aux_loss * (ids.shape[0] / rows_global)
-            loss.backward()
+            (loss * self.loss_scale).backward()
         params = [p for p in self.model.parameters() if p.requires_grad]
-        all_reduce_grads(params, rt)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        grad_norm = clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
         lr = cfg.lr * lr_factor(self.step, cfg.max_steps, cfg.warmup_steps, cfg.schedule, cfg.min_lr_ratio,
                                 cfg.decay_fraction)
         set_lr(self.optimizer, lr)
@@ -181,10 +245,12 @@ class Trainer:
         if before is None:
             return {}
         wd = self.cfg.weight_decay
-        rms = {}
+        names, updates = [], []
         for n, p in self.model.named_parameters():  # p = p0·(1 − lr·wd) − lr·u
-            u = (before[n] * (1 - lr * wd) - p) / lr
-            rms[n] = float(u.float().pow(2).mean().sqrt())
+            names.append(n)
+            updates.append((before[n] * (1 - lr * wd) - p) / lr)
+        sums = squared_sums(updates)
+        rms = {n: math.sqrt(float(sq) / max(self.numels[n], 1)) for n, sq in zip(names, sums)}
         return update_rms_by_kind(rms, self.numels)
 
     # ------------------------------------------------------------------ evaluation
@@ -197,9 +263,9 @@ class Trainer:
             ids, labels = shard_rows(ids, self.rt.rank, self.rt.world_size), \
                 shard_rows(labels, self.rt.rank, self.rt.world_size)
             n = _n_targets(labels)
+            out = self._forward(ids, labels)  # every rank runs every forward: sharded layers gather together
             if n == 0:
                 continue
-            out = self._forward(ids, labels)
             total += torch.stack([out.lm_loss.double() * n, torch.tensor(float(n), device=self.rt.device,
                                                                           dtype=torch.float64)])
         self.model.train(was)
@@ -243,15 +309,27 @@ class Trainer:
         self.logger.close()
         return TrainResult(self.out, self.step, self.val_loss, sample, ckpt)
 
+    def _whole_model(self) -> MoonlightForCausalLM | None:
+        """The model in one piece on rank 0 (gathered from the shards when sharded), None elsewhere."""
+        if not self.rt.sharded:
+            return self.model if self.rt.is_main else None
+        state = full_state_dict(self.model)  # every rank takes part
+        if not self.rt.is_main:
+            return None
+        whole = MoonlightForCausalLM(self.model.config)
+        whole.load_state_dict(state)
+        return whole.to(self.rt.device).train(self.model.training)
+
     def finish(self) -> str | None:
         """Rank 0: sample text, export to out/export (transformers format), plots."""
         sample = None
+        whole = self._whole_model() if self.cfg.sample_tokens or self.cfg.export else None
         if self.rt.is_main:
             if self.cfg.sample_tokens:
-                sample = self.sample(self.cfg.sample_tokens)
+                sample = self.sample(whole, self.cfg.sample_tokens)
                 (self.out / "sample.txt").write_text(sample)
             if self.cfg.export:
-                save_pretrained(self.model, self.out / "export")
+                save_pretrained(whole, self.out / "export")
                 (self.out / "export" / "tokenizer.json").write_bytes(self.data.tokenizer_path.read_bytes())
             if self.cfg.plots:
                 from .plots import write_plots
@@ -259,18 +337,18 @@ class Trainer:
         self.rt.barrier()
         return sample
 
-    def sample(self, n_tokens: int) -> str:
+    def sample(self, model: MoonlightForCausalLM, n_tokens: int) -> str:
         tok = self.data.tokenizer
         prompt = tok.encode(self.data.prompt_text, add_special_tokens=False).ids or [self.data.eos]
         gen = torch.Generator(device=self.rt.device).manual_seed(self.cfg.seed)
-        res = generate(self.model, [prompt], max_new_tokens=n_tokens, temperature=0.8, top_k=40,
+        res = generate(model, [prompt], max_new_tokens=n_tokens, temperature=0.8, top_k=40,
                        stop_tokens=[self.data.eos], generator=gen)
         return tok.decode(prompt + res.tokens[0], skip_special_tokens=False)
 
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Run (or resume) a training run described by `cfg`; under torchrun every rank calls this."""
-    rt = setup_runtime(cfg.device)
+    rt = setup_runtime(cfg.device, cfg.dp_replicate, cfg.dp_shard, cfg.ep)
     try:
         result = Trainer(cfg, rt).run()
     finally:

@@ -37,7 +37,7 @@ def job(rank: int, world: int, dp_replicate: int, dp_shard: int, ep: int, ac: bo
 
     from muonext.data.loader import shard_rows
     from muonext.models import MoonlightConfig, MoonlightForCausalLM
-    from muonext.parallel import ParallelDims, build_mesh, parallelize_moonlight
+    from muonext.parallel import ParallelDims, build_mesh, materialize, parallelize_moonlight
 
     torch.manual_seed(0)
     ref = MoonlightForCausalLM(MoonlightConfig.preset("debug", aux_loss_alpha=0.01))
@@ -62,13 +62,23 @@ def job(rank: int, world: int, dp_replicate: int, dp_shard: int, ep: int, ac: bo
 
     grads = dict(ref.named_parameters())
     errors = {n: _rel(p.grad.full_tensor(), grads[n].grad) for n, p in model.named_parameters()}
+
+    with torch.device("meta"):  # the large-model path: shard first, then draw each parameter whole
+        lazy = MoonlightForCausalLM(MoonlightConfig.preset("debug", aux_loss_alpha=0.01))
+    parallelize_moonlight(lazy, mesh)
+    torch.manual_seed(0)
+    materialize(lazy, "cpu")
+    fresh = MoonlightForCausalLM(MoonlightConfig.preset("debug", aux_loss_alpha=0.01))  # seed 0's init again
+    torch.manual_seed(0)
+    fresh.reset_parameters()
+    same_init = all(torch.equal(p.full_tensor(), fresh.state_dict()[n]) for n, p in lazy.named_parameters())
     loads = model.expert_loads(accumulated=True)
     torch.distributed.all_reduce(loads)
     experts = model.model.layers[1].mlp.experts.gate_proj
     return {"logits": logits, "grads": errors, "loads": _rel(loads, ref.expert_loads(accumulated=True)),
             "kinds": {type(p).__name__ for p in model.parameters()},
             "local_experts": experts.to_local().shape[0] if isinstance(experts, DTensor) else None,
-            "names": sorted(n for n, _ in model.named_parameters()) == sorted(grads)}
+            "names": sorted(n for n, _ in model.named_parameters()) == sorted(grads), "same_init": same_init}
 
 
 @pytest.fixture(scope="module", params=LAYOUTS, ids=lambda lay: "world{}-rep{}-shard{}-ep{}-ac{}".format(*lay))
@@ -86,6 +96,10 @@ def test_forward_and_backward_equal_one_process(layout_run):
         worst = max(r["grads"], key=r["grads"].get)
         assert r["grads"][worst] <= TOL, f"{world=} {rep=} {shard=} {ep=} {ac=} {rank=} {worst}: {r['grads'][worst]}"
         assert r["loads"] <= TOL, f"{world=} {rank=} {r['loads']=}"  # recomputation counts no token twice
+
+
+def test_a_model_sharded_on_meta_materialises_to_the_whole_models_init(layout_run):
+    assert all(r["same_init"] for r in layout_run[1]), layout_run[0]
 
 
 def test_experts_are_split_over_the_ep_ranks(layout_run):

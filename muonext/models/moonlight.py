@@ -108,13 +108,21 @@ def padded_causal_mask(attention_mask_BT: torch.Tensor) -> torch.Tensor:
 
 class MoonlightForCausalLM(nn.Module):
     def __init__(self, config: MoonlightConfig) -> None:
+        """Built on the meta device, then allocated on the default device and initialised once by
+        `reset_parameters` (the layers' own default inits never run, so the random stream is the same
+        whether the model is built whole here or sharded first and materialised by
+        `muonext.parallel.materialize`). Under `torch.device("meta")` it stays on meta."""
         super().__init__()
         self.config = config
-        self.model = MoonlightModel(config)
-        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.tie_weights()
-        if not any(p.is_meta for p in self.parameters()):
+        device = torch.get_default_device()
+        with torch.device("meta"):
+            self.model = MoonlightModel(config)
+            self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
+        if device.type != "meta":
+            self.to_empty(device=device)
+            self.tie_weights()
             self.reset_parameters()
+        self.tie_weights()
 
     def tie_weights(self) -> None:
         """Share lm_head with embed_tokens when `tie_word_embeddings` (again after `to_empty`, which unties)."""
@@ -125,14 +133,24 @@ class MoonlightForCausalLM(nn.Module):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """Normal(0, initializer_range) for matrices and embeddings, ones for norms, zero router bias."""
-        std = self.config.initializer_range
         for name, p in self.named_parameters():
-            if "norm" in name:
-                p.fill_(1.0)
-            else:
-                p.normal_(0.0, std)
-        if self.config.pad_token_id is not None:
-            self.model.embed_tokens.weight[self.config.pad_token_id].zero_()
+            self.init_parameter_(name, p)
+        self.reset_buffers()
+
+    @torch.no_grad()
+    def init_parameter_(self, name: str, t: torch.Tensor) -> None:
+        """Fills `t`, the whole parameter `name`, as `reset_parameters` does (one draw from the global
+        random stream per matrix, in `named_parameters` order)."""
+        if "norm" in name:
+            t.fill_(1.0)
+            return
+        t.normal_(0.0, self.config.initializer_range)
+        if name == "model.embed_tokens.weight" and self.config.pad_token_id is not None:
+            t[self.config.pad_token_id].zero_()
+
+    @torch.no_grad()
+    def reset_buffers(self) -> None:
+        """Router biases to zero, load counters cleared, RoPE tables recomputed (after `to_empty`)."""
         for moe in self.moe_layers():
             moe.gate.e_score_correction_bias.zero_()
             moe.reset_load()

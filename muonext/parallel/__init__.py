@@ -4,6 +4,6 @@ trainer needs around them (whole state dicts for export, gradient norms over mix
 
 from .expert_parallel import ExpertParallel
 from .mesh import ParallelDims, ParallelMesh, build_mesh
-from .parallelize import full_state_dict, parallelize_moonlight
+from .parallelize import full_state_dict, materialize, parallelize_moonlight
 
-__all__ = ["ExpertParallel", "ParallelDims", "ParallelMesh", "build_mesh", "full_state_dict", "parallelize_moonlight"]
+__all__ = ["ExpertParallel", "ParallelDims", "ParallelMesh", "build_mesh", "full_state_dict", "materialize", "parallelize_moonlight"]

@@ -21,7 +21,7 @@ import functools
 import torch
 from torch import nn
 from torch.distributed.fsdp import FSDPModule, fully_shard
-from torch.distributed.tensor import Shard, distribute_tensor
+from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 from torch.utils.checkpoint import checkpoint
 
 from ..models import MoonlightForCausalLM
@@ -29,7 +29,7 @@ from ..models.moe import recomputing
 from .expert_parallel import ExpertParallel
 from .mesh import ParallelMesh
 
-__all__ = ["parallelize_moonlight"]
+__all__ = ["full_state_dict", "materialize", "parallelize_moonlight"]
 
 EXPERT_STACKS = ("gate_proj", "up_proj", "down_proj")
 
@@ -81,3 +81,21 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+@torch.no_grad()
+def materialize(model: MoonlightForCausalLM, device: torch.device | str) -> MoonlightForCausalLM:
+    """Allocates a model built on the meta device and sharded by `parallelize_moonlight`, and fills it
+    exactly as `MoonlightForCausalLM` initialises a whole model with the same seed: each parameter is
+    drawn whole, in `named_parameters` order, and each rank keeps its part (peak memory: the shards
+    plus one whole parameter)."""
+    model.to_empty(device=device)
+    for name, p in model.named_parameters():
+        whole = torch.empty(p.shape, dtype=p.dtype, device=device)
+        model.init_parameter_(name, whole)
+        if isinstance(p, DTensor):
+            p.to_local().copy_(distribute_tensor(whole, p.device_mesh, p.placements, src_data_rank=None).to_local())
+        else:
+            p.copy_(whole)
+    model.reset_buffers()
+    return model

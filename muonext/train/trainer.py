@@ -25,7 +25,7 @@ from ..data.loader import Loader, eval_batches, shard_rows
 from ..data.sft import IGNORE
 from ..models import MoonlightForCausalLM, generate, save_pretrained
 from ..optim import DistributedMuon, Muon, to_muon_state_dict
-from ..parallel import full_state_dict, parallelize_moonlight
+from ..parallel import full_state_dict, materialize, parallelize_moonlight
 from ..parallel.norms import clip_grad_norm_, squared_sums
 from .build import build_data, build_model, build_optimizer, model_config_dict
 from .checkpoint import (
@@ -74,8 +74,7 @@ class Trainer:
         ck = load_checkpoint(resume_dir) if resume_dir is not None else None
         self.data = build_data(cfg, rt, resume_dir)
         self._keep_tokenizer()
-        model = build_model(cfg, self.data, ck.shared["model_config"] if ck else None).to(rt.device)
-        self.model = self._parallelize(model)
+        self.model = self._build_model(ck.shared["model_config"] if ck else None)
         self.optimizer = build_optimizer(cfg, self.model, rt)
         # DDP averages gradients over ranks; the loss is scaled for a sum (what FSDP2 is set to do)
         self.loss_scale = float(rt.world_size) if rt.distributed and not rt.sharded else 1.0
@@ -97,10 +96,20 @@ class Trainer:
         self.rt.barrier()
         self.data.tokenizer_path = own
 
-    def _parallelize(self, model: MoonlightForCausalLM) -> MoonlightForCausalLM:
-        if self.rt.sharded:
-            return parallelize_moonlight(model, self.rt.mesh, activation_checkpointing=self.cfg.activation_checkpointing)
-        if self.rt.distributed:  # torch's DDP; no buffer broadcast: rank 0 alone samples at the end
+    def _build_model(self, model_config: dict | None) -> MoonlightForCausalLM:
+        """Whole on every rank, then replicated (DDP) or sharded; or, for a sharded run that does not
+        start from given weights, built on the meta device, sharded, and only then allocated: no rank
+        ever holds the whole model (a resumed run's weights then come from its DCP checkpoint)."""
+        cfg, rt = self.cfg, self.rt
+        if rt.sharded and cfg.init_from is None:
+            with torch.device("meta"):
+                model = build_model(cfg, self.data, model_config)  # seeds the random stream; meta draws nothing
+            parallelize_moonlight(model, rt.mesh, activation_checkpointing=cfg.activation_checkpointing)
+            return materialize(model, rt.device)  # the same values as a whole model built with that seed
+        model = build_model(cfg, self.data, model_config).to(rt.device)
+        if rt.sharded:
+            return parallelize_moonlight(model, rt.mesh, activation_checkpointing=cfg.activation_checkpointing)
+        if rt.distributed:  # torch's DDP; no buffer broadcast: rank 0 alone samples at the end
             from torch.distributed._composable.replicate import replicate
 
             replicate(model, device_ids=None if self.rt.device.type == "cpu" else [self.rt.device],

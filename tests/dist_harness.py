@@ -21,8 +21,9 @@ def _entry(fn, rank, world, init, results, args):
     import torch.distributed as dist
 
     try:
-        dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
-                                timeout=timedelta(seconds=20))
+        dist.init_process_group(
+            "gloo", init_method=init, rank=rank, world_size=world, timeout=timedelta(seconds=20)
+        )
         results.put((rank, "ok", fn(rank, world, *args)))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent with the traceback
         results.put((rank, "error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))

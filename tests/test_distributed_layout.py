@@ -98,7 +98,8 @@ def test_loading_checks_parameter_names_not_only_shapes():
     saved = opt.state_dict()
 
     def layout(names):
-        return ShardLayout([ParamInfo(i, n, 0, (12, 20), torch.float32, True) for i, n in enumerate(names)], 2, 2**20)
+        infos = [ParamInfo(i, n, 0, (12, 20), torch.float32, True) for i, n in enumerate(names)]
+        return ShardLayout(infos, 2, 2**20)
 
     local = local_state_from_muon(saved, layout(["a", "b"]), 0)
     assert torch.equal(local[0]["momentum_buffer"], saved["state"][0]["momentum_buffer"].reshape(-1)[:240])

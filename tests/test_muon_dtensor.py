@@ -29,9 +29,16 @@ WORLD_SIZES = (4, 2, 3)  # 4 first: it writes the checkpoint the others resume f
 
 # name -> (shape, placements on a 1-D mesh); None = a plain tensor, the same on every rank
 PLACED = {
-    "rows": ((37, 53), "S0"), "cols": ((29, 31), "S1"), "tiny_rows": ((5, 9), "S0"),
-    "experts": ((5, 8, 12), "S0"), "expert_rows": ((3, 10, 7), "S1"), "conv": ((4, 2, 3, 3), "S0"),
-    "replicated": ((6, 10), "R"), "plain": ((7, 5), None), "bias": ((13,), "S0"), "embed": ((11, 6), "S0"),
+    "rows": ((37, 53), "S0"),
+    "cols": ((29, 31), "S1"),
+    "tiny_rows": ((5, 9), "S0"),
+    "experts": ((5, 8, 12), "S0"),
+    "expert_rows": ((3, 10, 7), "S1"),
+    "conv": ((4, 2, 3, 3), "S0"),
+    "replicated": ((6, 10), "R"),
+    "plain": ((7, 5), None),
+    "bias": ((13,), "S0"),
+    "embed": ((11, 6), "S0"),
 }
 # a (2, world/2) mesh: (mesh dim 0, mesh dim 1) placements
 PLACED_2D = {"hsdp_rows": ((19, 23), ("R", "S0")), "experts_x_rows": ((6, 9, 11), ("S0", "S1"))}
@@ -94,9 +101,12 @@ def _placements_check(rank: int, world: int) -> dict:
     want, want_rms = _reference(shapes, world)
     got = {k: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach() for k, p in params.items()}
     rms = opt.update_rms
-    return {"params": {k: _rel(got[k], want[k]) for k in want},
-            "rms": {k: abs(rms[k] - want_rms[k]) / want_rms[k] for k in want_rms},
-            "bytes": opt.comm_bytes, "zero1": zero1}
+    return {
+        "params": {k: _rel(got[k], want[k]) for k in want},
+        "rms": {k: abs(rms[k] - want_rms[k]) / want_rms[k] for k in want_rms},
+        "bytes": opt.comm_bytes,
+        "zero1": zero1,
+    }
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -104,6 +114,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # -- a model sharded by fully_shard ------------------------------------------------------------
+
 
 class Block(torch.nn.Module):
     """Odd shapes on purpose: no world size divides them; the expert stack has fewer experts than ranks."""
@@ -233,6 +244,7 @@ def test_distributed_muon_refuses_dtensors_and_names_muon(jobs):
 
 def _split_units(world: int) -> list[tuple[int, int]]:
     """(elements, largest piece) of every matrix some group of ranks holds in pieces, per step."""
+
     def chunks(n, parts):
         step = -(-n // parts)
         return [max(0, min(step, n - i * step)) for i in range(parts)]
@@ -256,7 +268,12 @@ def _split_units(world: int) -> list[tuple[int, int]]:
 def test_split_matrices_travel_to_one_owner(jobs, world):
     """Per step, each split matrix's pieces go to one owner and its update pieces come back: between
     2·(elements − largest piece) and 2·elements of fp32 cross ranks, and what is sent is received."""
-    counts = [c for r in jobs[world] for kind, c in r["placements"]["bytes"].items() if kind.startswith("all_to_all")]
+    counts = [
+        c
+        for r in jobs[world]
+        for kind, c in r["placements"]["bytes"].items()
+        if kind.startswith("all_to_all")
+    ]
     sent, received = sum(c["sent"] for c in counts), sum(c["received"] for c in counts)
     units = _split_units(world)
     low, high = 2 * 4 * sum(n - big for n, big in units), 2 * 4 * sum(n for n, _ in units)

@@ -75,13 +75,20 @@ def job(rank: int, world: int, dp_replicate: int, dp_shard: int, ep: int, ac: bo
     loads = model.expert_loads(accumulated=True)
     torch.distributed.all_reduce(loads)
     experts = model.model.layers[1].mlp.experts.gate_proj
-    return {"logits": logits, "grads": errors, "loads": _rel(loads, ref.expert_loads(accumulated=True)),
-            "kinds": {type(p).__name__ for p in model.parameters()},
-            "local_experts": experts.to_local().shape[0] if isinstance(experts, DTensor) else None,
-            "names": sorted(n for n, _ in model.named_parameters()) == sorted(grads), "same_init": same_init}
+    return {
+        "logits": logits,
+        "grads": errors,
+        "loads": _rel(loads, ref.expert_loads(accumulated=True)),
+        "kinds": {type(p).__name__ for p in model.parameters()},
+        "local_experts": experts.to_local().shape[0] if isinstance(experts, DTensor) else None,
+        "names": sorted(n for n, _ in model.named_parameters()) == sorted(grads),
+        "same_init": same_init,
+    }
 
 
-@pytest.fixture(scope="module", params=LAYOUTS, ids=lambda lay: "world{}-rep{}-shard{}-ep{}-ac{}".format(*lay))
+@pytest.fixture(
+    scope="module", params=LAYOUTS, ids=lambda lay: "world{}-rep{}-shard{}-ep{}-ac{}".format(*lay)
+)
 def layout_run(request):
     world, rep, shard, ep, ac = request.param
     return request.param, ok_results(spawn_job(job, world, rep, shard, ep, ac, timeout=240))
@@ -94,7 +101,9 @@ def test_forward_and_backward_equal_one_process(layout_run):
         assert r["kinds"] == {"DTensor"}, r["kinds"]
         assert r["logits"] <= TOL, f"{world=} {rank=} {r['logits']=}"
         worst = max(r["grads"], key=r["grads"].get)
-        assert r["grads"][worst] <= TOL, f"{world=} {rep=} {shard=} {ep=} {ac=} {rank=} {worst}: {r['grads'][worst]}"
+        assert r["grads"][worst] <= TOL, (
+            f"{world=} {rep=} {shard=} {ep=} {ac=} {rank=} {worst}: {r['grads'][worst]}"
+        )
         assert r["loads"] <= TOL, f"{world=} {rank=} {r['loads']=}"  # recomputation counts no token twice
 
 
@@ -107,4 +116,8 @@ def test_experts_are_split_over_the_ep_ranks(layout_run):
     for r in reports:
         # FSDP then shards a rank's experts over dp_shard_mod_ep: at most ceil(4 / ep / (shard / ep)) here
         expected = -(-4 // ep // (shard // ep))
-        assert r["local_experts"] is not None and r["local_experts"] <= expected, (world, ep, r["local_experts"])
+        assert r["local_experts"] is not None and r["local_experts"] <= expected, (
+            world,
+            ep,
+            r["local_experts"],
+        )

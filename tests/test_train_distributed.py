@@ -26,7 +26,8 @@ def train_here(out, cache, **kw):
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return train(TrainConfig.from_preset("debug", out=str(out), cache_dir=str(cache), **{**SETTINGS, **kw}))
+        config = TrainConfig.from_preset("debug", out=str(out), cache_dir=str(cache), **{**SETTINGS, **kw})
+        return train(config)
     finally:
         torch.set_num_threads(old)
 
@@ -43,7 +44,8 @@ def torchrun(n: int, tmp_path, *args, timeout: float = 300) -> subprocess.Comple
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
            str(ROOT / "examples" / "train_moonlight.py"), *args]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=tmp_path, check=False)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=tmp_path,
+                          check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -138,13 +140,16 @@ def test_a_killed_rank_ends_the_run_naming_it(tmp_path):
     train_here(tmp_path / "warm", cache, max_steps=1)  # trains the tokenizer the run below reads
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3",
-           str(ROOT / "examples" / "train_moonlight.py"), *cli_flags(tmp_path / "run", cache, max_steps=100_000, batch_size=9),
+           str(ROOT / "examples" / "train_moonlight.py"),
+           *cli_flags(tmp_path / "run", cache, max_steps=100_000, batch_size=9),
            "--dp-shard", "3", "--log-every", "1"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=tmp_path)
     try:
         metrics = tmp_path / "run" / "metrics.jsonl"
         deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        logged = lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2  # noqa: E731
+        while time.monotonic() < deadline and not logged():
             assert proc.poll() is None, proc.stdout.read()[-3000:]
             time.sleep(0.2)
         ranks = _rank_pids(proc.pid)

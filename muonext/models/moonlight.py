@@ -258,8 +258,7 @@ class MoonlightForCausalLM(nn.Module):
         c = self.config
         idle = 0
         for moe in self.moe_layers():
-            per_expert = sum(  # from shapes: indexing a sharded (DTensor) stack would gather it
-                w.shape[1] * w.shape[2] for w in (moe.experts.gate_proj, moe.experts.up_proj, moe.experts.down_proj)
-            )
+            stacks = (moe.experts.gate_proj, moe.experts.up_proj, moe.experts.down_proj)
+            per_expert = sum(w.shape[1] * w.shape[2] for w in stacks)  # shapes: indexing a DTensor gathers it
             idle += per_expert * (c.n_routed_experts - c.num_experts_per_tok)
         return self.num_parameters(exclude_embeddings) - idle

@@ -118,7 +118,8 @@ class Collectives:
         store = _store()
         if store is None:
             return
-        message = f"rank {dist.get_rank()} failed in {self.label}.step {self.step}: {type(exc).__name__}: {exc}"
+        rank = dist.get_rank()
+        message = f"rank {rank} failed in {self.label}.step {self.step}: {type(exc).__name__}: {exc}"
         with contextlib.suppress(Exception):  # the store may be gone too; the raise on this rank stands
             store.set(_FAILURE_KEY.format(rank=dist.get_rank()), message[:2000])
 

@@ -109,7 +109,8 @@ def _check_names(param_groups: list[dict], layout: ShardLayout) -> None:
     saved = []
     for gi, g in enumerate(param_groups):
         names = g.get("param_names")
-        saved += names if names is not None else [f"param_groups[{gi}].params[{i}]" for i in range(len(g["params"]))]
+        by_place = [f"param_groups[{gi}].params[{i}]" for i in range(len(g["params"]))]
+        saved += names if names is not None else by_place
     mine = [p.name for p in layout.params]
     if saved == mine:
         return

@@ -56,7 +56,9 @@ def replication(t: Tensor) -> int:
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     if not is_dtensor(t):
         return world
-    shards = math.prod(t.device_mesh.size(d) for d, pl in enumerate(t.placements) if _shard_dim(pl) is not None)
+    shards = math.prod(
+        t.device_mesh.size(d) for d, pl in enumerate(t.placements) if _shard_dim(pl) is not None
+    )
     return max(1, world // shards)
 
 
@@ -71,12 +73,12 @@ class SplitParam:
     """A parameter whose matrices the ranks of one mesh dim hold in pieces along tensor dim `dim`."""
 
     name: str
-    group: object            # the process group of the splitting mesh dim (this rank's)
-    group_key: tuple         # the same for every rank of that group; orders and groups exchanges
+    group: object  # the process group of the splitting mesh dim (this rank's)
+    group_key: tuple  # the same for every rank of that group; orders and groups exchanges
     group_rank: int
     group_size: int
-    dim: int                 # tensor dim the group splits
-    sizes: tuple[int, ...]   # local length along `dim` on each group rank
+    dim: int  # tensor dim the group splits
+    sizes: tuple[int, ...]  # local length along `dim` on each group rank
     local_shape: tuple[int, ...]
 
     @property
@@ -100,19 +102,25 @@ def split_param(name: str, p: Tensor) -> SplitParam | None:
     splitting = []
     for mesh_dim, pl in enumerate(p.placements):
         if Partial is not None and isinstance(pl, Partial):
-            raise ValueError(f"Muon: parameter {name} has a Partial placement {p.placements} (a pending "
-                             "reduction); redistribute it to Shard or Replicate first")
+            raise ValueError(
+                f"Muon: parameter {name} has a Partial placement {p.placements} (a pending "
+                "reduction); redistribute it to Shard or Replicate first"
+            )
         d = _shard_dim(pl)
         if d is not None and d >= batch_dims:
             if _StridedShard is not None and isinstance(pl, _StridedShard):
-                raise ValueError(f"Muon: parameter {name} has a strided shard of matrix dim {d} "
-                                 f"({p.placements}); only plain Shard of a matrix dim is supported")
+                raise ValueError(
+                    f"Muon: parameter {name} has a strided shard of matrix dim {d} "
+                    f"({p.placements}); only plain Shard of a matrix dim is supported"
+                )
             splitting.append((mesh_dim, d))
     if not splitting:
         return None
     if len(splitting) > 1:
-        raise ValueError(f"Muon: parameter {name} is split on matrix dims by {len(splitting)} mesh dims "
-                         f"({p.placements} on {p.device_mesh}); Newton–Schulz supports one")
+        raise ValueError(
+            f"Muon: parameter {name} is split on matrix dims by {len(splitting)} mesh dims "
+            f"({p.placements} on {p.device_mesh}); Newton–Schulz supports one"
+        )
     mesh_dim, d = splitting[0]
     mesh = p.device_mesh
     group = mesh.get_group(mesh_dim)
@@ -121,7 +129,9 @@ def split_param(name: str, p: Tensor) -> SplitParam | None:
     local_shape = tuple(p.to_local().shape)
     sizes = tuple(chunk_sizes(p.shape[d], size))  # no other mesh dim cuts a matrix dim (refused above)
     if sizes[group_rank] != local_shape[d]:
-        raise ValueError(f"Muon: parameter {name}'s local shard has {local_shape[d]} entries along dim {d}, "
-                         f"expected {sizes[group_rank]} (torch.chunk of {p.shape[d]} over {size} ranks)")
+        raise ValueError(
+            f"Muon: parameter {name}'s local shard has {local_shape[d]} entries along dim {d}, "
+            f"expected {sizes[group_rank]} (torch.chunk of {p.shape[d]} over {size} ranks)"
+        )
     ranks = tuple(dist.get_process_group_ranks(group))
     return SplitParam(name, group, ranks, group_rank, size, d, sizes, local_shape)

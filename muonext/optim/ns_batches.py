@@ -15,8 +15,12 @@ __all__ = ["newton_schulz_batches", "ns_key"]
 def ns_key(group: dict, shape: tuple[int, int]) -> tuple:
     """(schedule, eps, dtype, rows, cols) of a param group's matrices of `shape`: matrices with equal
     keys share one NS batch."""
-    return (tuple(ns_schedule(group["ns_coefficients"], group["ns_steps"])), group["ns_eps"], group["ns_dtype"],
-            *shape)
+    return (
+        tuple(ns_schedule(group["ns_coefficients"], group["ns_steps"])),
+        group["ns_eps"],
+        group["ns_dtype"],
+        *shape,
+    )
 
 
 def newton_schulz_batches(batches: list[tuple[tuple, Tensor]]) -> list[Tensor]:

@@ -80,7 +80,9 @@ class OwnerExchange:
 
     # -- the two all_to_alls ------------------------------------------------------------------------
 
-    def _all_to_all(self, send: list[Tensor], send_splits: list[int], recv_splits: list[int], dtype, kind: str):
+    def _all_to_all(
+        self, send: list[Tensor], send_splits: list[int], recv_splits: list[int], dtype, kind: str
+    ):
         flat = torch.cat([t.reshape(-1) for t in send]).to(dtype) if send else torch.empty(0, dtype=dtype)
         recv = torch.empty(sum(recv_splits), dtype=dtype, device=flat.device)
         what = f"the Newton–Schulz {kind.split(':')[1]} of {len(self.units)} split matrices"
@@ -132,6 +134,6 @@ class OwnerExchange:
             for u in self.owned_by[q]:
                 k, j = self.units[u]
                 n = self._numel(u, self.rank)
-                self._piece(out[k], j).copy_(recv[offset:offset + n].view(self._piece_shape(u, self.rank)))
+                self._piece(out[k], j).copy_(recv[offset : offset + n].view(self._piece_shape(u, self.rank)))
                 offset += n
         return out

@@ -55,7 +55,9 @@ class ShardedStep:
             self.device = self.device or p.device
             state = opt.state[p]
             if opt._uses_muon(group, name, p):
-                state.setdefault("momentum_buffer", torch.zeros_like(p, memory_format=torch.contiguous_format))
+                state.setdefault(
+                    "momentum_buffer", torch.zeros_like(p, memory_format=torch.contiguous_format)
+                )
                 split = split_param(name, p)
                 if split is not None:
                     self.splits[id(p)] = split
@@ -88,8 +90,11 @@ class ShardedStep:
         """(group, param, local grad, name) of every parameter with a gradient on some rank, in
         param-group order; None when the step is skipped (a NaN/Inf gradient with skip_nonfinite)."""
         opt = self.opt
-        params = [(g, p, opt._param_name(gi, pi)) for gi, g in enumerate(opt.param_groups)
-                  for pi, p in enumerate(g["params"])]
+        params = [
+            (g, p, opt._param_name(gi, pi))
+            for gi, g in enumerate(opt.param_groups)
+            for pi, p in enumerate(g["params"])
+        ]
         index = {id(p): i for i, (_, p, _) in enumerate(params)}
         n = len(params)
         flags = torch.zeros(2 * n, dtype=torch.float32)
@@ -106,8 +111,11 @@ class ShardedStep:
         if bad and not opt.nonfinite(bad):
             return None
         mine = {index[id(it.param)]: it.grad for it in items}
-        return [(g, p, mine[i] if i in mine else torch.zeros_like(local(p)), name)
-                for i, (g, p, name) in enumerate(params) if flags[i] > 0]
+        return [
+            (g, p, mine[i] if i in mine else torch.zeros_like(local(p)), name)
+            for i, (g, p, name) in enumerate(params)
+            if flags[i] > 0
+        ]
 
     # -- Newton–Schulz of split matrices ------------------------------------------------------
 
@@ -161,7 +169,9 @@ class ShardedStep:
         if not items:
             self._pending_rms = None
             return
-        sq = torch.stack([v.double() ** 2 * it.grad.numel() / replication(it.param) for it, v in zip(items, values)])
+        sq = torch.stack(
+            [v.double() ** 2 * it.grad.numel() / replication(it.param) for it, v in zip(items, values)]
+        )
         handle = self.world.all_reduce(sq, "the update-RMS all-reduce")
         self._pending_rms = (handle, sq, [it.name for it in items], [it.param.numel() for it in items])
 

@@ -6,4 +6,12 @@ from .expert_parallel import ExpertParallel
 from .mesh import ParallelDims, ParallelMesh, build_mesh
 from .parallelize import full_state_dict, materialize, parallelize_moonlight
 
-__all__ = ["ExpertParallel", "ParallelDims", "ParallelMesh", "build_mesh", "full_state_dict", "materialize", "parallelize_moonlight"]
+__all__ = [
+    "ExpertParallel",
+    "ParallelDims",
+    "ParallelMesh",
+    "build_mesh",
+    "full_state_dict",
+    "materialize",
+    "parallelize_moonlight",
+]

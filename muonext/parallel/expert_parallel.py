@@ -33,8 +33,10 @@ class ExpertParallel:
         self.group = ep_mesh.get_group()
         self.size = ep_mesh.size()
         if n_experts % self.size:
-            raise ValueError(f"expert parallelism: {n_experts} routed experts cannot be split evenly over "
-                             f"ep = {self.size} ranks")
+            raise ValueError(
+                f"expert parallelism: {n_experts} routed experts cannot be split evenly over "
+                f"ep = {self.size} ranks"
+            )
         self.local_experts = n_experts // self.size
 
     def __call__(self, experts: nn.Module, x_MD: Tensor, counts_E: Tensor, expert_M: Tensor) -> Tensor:
@@ -63,7 +65,8 @@ def _source_major_to_expert_major(counts_PL: Tensor) -> Tensor:
     block_starts, block_counts = starts_PL.t().reshape(-1), counts_PL.t().reshape(-1)
     total = int(flat.sum())
     within = torch.arange(total, device=flat.device) - torch.repeat_interleave(
-        block_counts.cumsum(0) - block_counts, block_counts)
+        block_counts.cumsum(0) - block_counts, block_counts
+    )
     return torch.repeat_interleave(block_starts, block_counts) + within
 
 

@@ -32,15 +32,19 @@ class ParallelDims:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ParallelDims.{name} must be a positive int, got {value!r}")
         if self.dp_shard % self.ep:
-            raise ValueError(f"ParallelDims.ep ({self.ep}) must divide dp_shard ({self.dp_shard}): expert "
-                             "parallelism is carved out of the sharded data-parallel ranks")
+            raise ValueError(
+                f"ParallelDims.ep ({self.ep}) must divide dp_shard ({self.dp_shard}): expert "
+                "parallelism is carved out of the sharded data-parallel ranks"
+            )
 
     @property
     def world_size(self) -> int:
         return self.dp_replicate * self.dp_shard
 
     @classmethod
-    def for_world(cls, world_size: int, dp_replicate: int = 1, dp_shard: int = -1, ep: int = 1) -> ParallelDims:
+    def for_world(
+        cls, world_size: int, dp_replicate: int = 1, dp_shard: int = -1, ep: int = 1
+    ) -> ParallelDims:
         """`dp_shard=-1` takes what dp_replicate leaves; the product must be the world size."""
         if dp_shard == -1:
             if world_size % dp_replicate:
@@ -48,8 +52,10 @@ class ParallelDims:
             dp_shard = world_size // dp_replicate
         dims = cls(dp_replicate, dp_shard, ep)
         if dims.world_size != world_size:
-            raise ValueError(f"dp_replicate × dp_shard = {dp_replicate} × {dp_shard} = {dims.world_size} must "
-                             f"equal the number of processes ({world_size})")
+            raise ValueError(
+                f"dp_replicate × dp_shard = {dp_replicate} × {dp_shard} = {dims.world_size} must "
+                f"equal the number of processes ({world_size})"
+            )
         return dims
 
 
@@ -84,6 +90,7 @@ def build_mesh(dims: ParallelDims, device_type: str) -> ParallelMesh:
         raise ValueError(f"the mesh {dims} has {dims.world_size} ranks, the process group {world}")
     mesh = init_device_mesh(device_type, (world,), mesh_dim_names=("dp",))
     dense = mesh._unflatten(0, (dims.dp_replicate, dims.dp_shard), ("dp_replicate", "dp_shard"))
-    experts = mesh._unflatten(0, (dims.dp_replicate, dims.dp_shard // dims.ep, dims.ep),
-                              ("dp_replicate", "dp_shard_mod_ep", "ep"))
+    experts = mesh._unflatten(
+        0, (dims.dp_replicate, dims.dp_shard // dims.ep, dims.ep), ("dp_replicate", "dp_shard_mod_ep", "ep")
+    )
     return ParallelMesh(dims, mesh, dense, experts)

@@ -23,9 +23,14 @@ def squared_sums(tensors: list[Tensor]) -> Tensor:
     if not tensors:
         return torch.zeros(0, dtype=torch.float64)
     device = local(tensors[0]).device
-    sums = torch.stack([local(t).double().pow(2).sum() if local(t).numel() else torch.zeros((), dtype=torch.float64,
-                                                                                          device=device)
-                        for t in tensors])
+    sums = torch.stack(
+        [
+            local(t).double().pow(2).sum()
+            if local(t).numel()
+            else torch.zeros((), dtype=torch.float64, device=device)
+            for t in tensors
+        ]
+    )
     if any(is_dtensor(t) for t in tensors):
         sums /= torch.tensor([float(replication(t)) for t in tensors], dtype=torch.float64, device=device)
         dist.all_reduce(sums)

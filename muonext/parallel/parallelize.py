@@ -20,7 +20,7 @@ import functools
 
 import torch
 from torch import nn
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 from torch.utils.checkpoint import checkpoint
 
@@ -34,16 +34,31 @@ __all__ = ["full_state_dict", "materialize", "parallelize_moonlight"]
 EXPERT_STACKS = ("gate_proj", "up_proj", "down_proj")
 
 
-def parallelize_moonlight(model: MoonlightForCausalLM, mesh: ParallelMesh, *, activation_checkpointing: bool = False,
-                          reshard_after_forward: bool = True) -> MoonlightForCausalLM:
+def parallelize_moonlight(
+    model: MoonlightForCausalLM,
+    mesh: ParallelMesh,
+    *,
+    activation_checkpointing: bool = False,
+    reshard_after_forward: bool = True,
+    param_dtype: torch.dtype | None = None,
+) -> MoonlightForCausalLM:
     """Shards `model` in place over `mesh` (from `build_mesh`) and returns it.
 
     Every rank must hold the same full model beforehand (same seed or the same checkpoint), or a model
     on the meta device to be materialised after (`materialize`). Parameter names are unchanged.
+    `param_dtype=torch.bfloat16`: FSDP2 gathers bf16 copies to compute with and reduces gradients in
+    fp32 into the fp32 shards (mixed precision without autocast, whose cast cache would keep a bf16
+    copy of every gathered weight until backward).
     """
+    fsdp = {
+        "reshard_after_forward": reshard_after_forward,
+        "mp_policy": MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32),
+    }
     if model.config.tie_word_embeddings:
-        raise ValueError("parallelize_moonlight: tied embeddings are not supported (one parameter in two "
-                         "FSDP units); train with tie_word_embeddings=False")
+        raise ValueError(
+            "parallelize_moonlight: tied embeddings are not supported (one parameter in two "
+            "FSDP units); train with tie_word_embeddings=False"
+        )
     ep_mesh = mesh.ep
     if ep_mesh.size() > 1:
         for moe in model.moe_layers():
@@ -56,14 +71,15 @@ def parallelize_moonlight(model: MoonlightForCausalLM, mesh: ParallelMesh, *, ac
     for layer in model.model.layers:
         if activation_checkpointing:
             # inside the FSDP unit: recomputation runs while backward holds the layer's parameters
-            layer.forward = functools.partial(checkpoint, layer.forward, use_reentrant=False,
-                                              context_fn=_recompute_contexts)
+            layer.forward = functools.partial(
+                checkpoint, layer.forward, use_reentrant=False, context_fn=_recompute_contexts
+            )
         if layer.is_moe and ep_mesh.size() > 1:
-            fully_shard(layer.mlp.experts, mesh=expert_mesh, reshard_after_forward=reshard_after_forward)
-        fully_shard(layer, mesh=dp_mesh, reshard_after_forward=reshard_after_forward)
-    fully_shard(model.model.embed_tokens, mesh=dp_mesh, reshard_after_forward=reshard_after_forward)
-    fully_shard([model.model.norm, model.lm_head], mesh=dp_mesh, reshard_after_forward=reshard_after_forward)
-    fully_shard(model, mesh=dp_mesh, reshard_after_forward=reshard_after_forward)
+            fully_shard(layer.mlp.experts, mesh=expert_mesh, **fsdp)
+        fully_shard(layer, mesh=dp_mesh, **fsdp)
+    fully_shard(model.model.embed_tokens, mesh=dp_mesh, **fsdp)
+    fully_shard([model.model.norm, model.lm_head], mesh=dp_mesh, **fsdp)
+    fully_shard(model, mesh=dp_mesh, **fsdp)
     for module in model.modules():
         if isinstance(module, FSDPModule):  # sums (see the module docstring); gloo has no premultiplied sum
             module.set_gradient_divide_factor(1.0)
@@ -94,7 +110,9 @@ def materialize(model: MoonlightForCausalLM, device: torch.device | str) -> Moon
         whole = torch.empty(p.shape, dtype=p.dtype, device=device)
         model.init_parameter_(name, whole)
         if isinstance(p, DTensor):
-            p.to_local().copy_(distribute_tensor(whole, p.device_mesh, p.placements, src_data_rank=None).to_local())
+            p.to_local().copy_(
+                distribute_tensor(whole, p.device_mesh, p.placements, src_data_rank=None).to_local()
+            )
         else:
             p.copy_(whole)
     model.reset_buffers()

@@ -59,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
         if f.type == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=text)
         elif f.name == "resume":  # a bare --resume means auto
-            parser.add_argument(flag, nargs="?", const="auto", type=_converter(f.type, f.name), metavar="DIR|auto",
-                                help=text + " (a bare --resume means auto)")
+            parser.add_argument(flag, nargs="?", const="auto", type=_converter(f.type, f.name),
+                                metavar="DIR|auto", help=text + " (a bare --resume means auto)")
         elif f.type.startswith("tuple"):
             parser.add_argument(flag, nargs=2, type=_converter("float", f.name), metavar=("B1", "B2"), help=text)
         else:

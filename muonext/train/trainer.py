@@ -11,6 +11,7 @@ format) and plots.
 
 from __future__ import annotations
 
+import functools
 import math
 import shutil
 import time
@@ -101,14 +102,16 @@ class Trainer:
         start from given weights, built on the meta device, sharded, and only then allocated: no rank
         ever holds the whole model (a resumed run's weights then come from its DCP checkpoint)."""
         cfg, rt = self.cfg, self.rt
+        shard = functools.partial(parallelize_moonlight, mesh=rt.mesh,
+                                  activation_checkpointing=cfg.activation_checkpointing,
+                                  param_dtype=torch.bfloat16 if cfg.precision == "bf16" else None)
         if rt.sharded and cfg.init_from is None:
-            with torch.device("meta"):
-                model = build_model(cfg, self.data, model_config)  # seeds the random stream; meta draws nothing
-            parallelize_moonlight(model, rt.mesh, activation_checkpointing=cfg.activation_checkpointing)
-            return materialize(model, rt.device)  # the same values as a whole model built with that seed
+            with torch.device("meta"):  # build_model seeds the random stream; the meta build draws nothing
+                model = build_model(cfg, self.data, model_config)
+            return materialize(shard(model), rt.device)  # the values a whole model built with that seed gets
         model = build_model(cfg, self.data, model_config).to(rt.device)
         if rt.sharded:
-            return parallelize_moonlight(model, rt.mesh, activation_checkpointing=cfg.activation_checkpointing)
+            return shard(model)
         if rt.distributed:  # torch's DDP; no buffer broadcast: rank 0 alone samples at the end
             from torch.distributed._composable.replicate import replicate
 
@@ -126,8 +129,8 @@ class Trainer:
     def _restore_weights_and_optimizer(self, ck) -> None:
         if ck.sharded:
             if isinstance(self.optimizer, DistributedMuon):
-                raise CheckpointError(f"{ck.path}: written by a sharded run; resume it sharded (--dp-shard > 1) "
-                                      "or in one process, not with a replicated model (dp_shard 1)")
+                raise CheckpointError(f"{ck.path}: written by a sharded run; resume it sharded (--dp-shard > "
+                                      "1) or in one process, not with a replicated model (dp_shard 1)")
             from torch.distributed.checkpoint.state_dict import set_state_dict
 
             state = self._sharded_state()
@@ -138,8 +141,8 @@ class Trainer:
                 self.optimizer.skipped_steps = ck.shared.get("skipped_steps", 0)
             return
         if self.rt.sharded:
-            raise CheckpointError(f"{ck.path}: written by an unsharded run; resume it the same way, or start a "
-                                  "sharded run from its weights with --init-from")
+            raise CheckpointError(f"{ck.path}: written by an unsharded run; resume it the same way, or start "
+                                  "a sharded run from its weights with --init-from")
         self.model.load_state_dict(ck.model_state())
         same = ck.world_size == self.rt.world_size
         mine = ck.rank_state(self.rt.rank) if self.rt.rank < ck.world_size else None
@@ -177,8 +180,9 @@ class Trainer:
         rng = {"torch": torch.get_rng_state()}
         if self.rt.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.rt.device)
-        shared = {"tokens_seen": self.tokens_seen, "loader": self.loader.state_dict(), "val_loss": self.val_loss,
-                  "optimizer_kind": self.cfg.optimizer, "config": self.cfg.to_dict(),
+        shared = {"tokens_seen": self.tokens_seen, "loader": self.loader.state_dict(),
+                  "val_loss": self.val_loss, "optimizer_kind": self.cfg.optimizer,
+                  "config": self.cfg.to_dict(),
                   "model_config": model_config_dict(self.model),
                   "skipped_steps": getattr(self.optimizer, "skipped_steps", 0)}
         if self.rt.sharded:  # DCP: every rank writes its shards of model and optimizer
@@ -187,8 +191,9 @@ class Trainer:
             weights = {"model_state": self.model.state_dict(),
                        "rank_state": {"optimizer": self.optimizer.state_dict(), "rng": rng}}
         path = save_checkpoint(
-            self.ckpt_root, self.step, **weights, shared=shared, files={"tokenizer.json": self.data.tokenizer_path},
-            rank=self.rt.rank, world_size=self.rt.world_size, barrier=self.rt.barrier)
+            self.ckpt_root, self.step, **weights, shared=shared,
+            files={"tokenizer.json": self.data.tokenizer_path}, rank=self.rt.rank,
+            world_size=self.rt.world_size, barrier=self.rt.barrier)
         if self.rt.is_main:
             prune_checkpoints(self.ckpt_root, self.cfg.keep_last, self.cfg.keep_every)
         self.rt.barrier()
@@ -196,7 +201,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def _forward(self, ids: torch.Tensor, labels: torch.Tensor):
-        with torch.autocast(self.rt.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+        # bf16: autocast, or FSDP2's bf16 gathers when sharded (see parallelize_moonlight)
+        autocast = self.cfg.precision == "bf16" and not self.rt.sharded
+        with torch.autocast(self.rt.device.type, dtype=torch.bfloat16, enabled=autocast):
             return self.model(ids.to(self.rt.device), labels=labels.to(self.rt.device))
 
     def train_step(self, detailed: bool = True) -> dict:

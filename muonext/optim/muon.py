@@ -31,7 +31,7 @@ from .adamw import adamw_step, init_adamw_state
 from .dist_comm import DistributedMuonError
 from .dtensor_params import is_dtensor, local
 from .hparams import update_scale, validate_group
-from .ns_batches import newton_schulz_batches, ns_key
+from .ns_batches import batch_flops, newton_schulz_batches, ns_key
 from .routing import is_muon_param
 from .shapes import matrix_shape
 from .sharded_step import ShardedStep
@@ -107,6 +107,7 @@ class Muon(Optimizer):
         self._rms_values: Tensor | None = None
         self._sharded: ShardedStep | None = None
         self.comm_bytes: dict[str, dict[str, int]] = {}  # per step, by collective kind (DTensor parameters)
+        self.ns_flops_last_step = 0  # multiply-adds of this rank's Newton–Schulz in the last step
         super().__init__(params, defaults)
 
     # -- construction -------------------------------------------------------------------------
@@ -272,7 +273,9 @@ class Muon(Optimizer):
 
         exchanging = self._sharded.start_exchanges(items, ns_inputs, split) if split else None
         updates: list[Tensor | None] = [None] * len(items)  # NS of whole matrices while pieces travel
-        results = newton_schulz_batches([(key, batch) for key, _, _, batch in planned])
+        whole = [(key, batch) for key, _, _, batch in planned]
+        self.ns_flops_last_step = batch_flops(whole)
+        results = newton_schulz_batches(whole)
         for (_, idx, sizes, _), result in zip(planned, results):
             for i, piece in zip(idx, result.split(sizes)):
                 updates[i] = piece.view(items[i].grad.shape)

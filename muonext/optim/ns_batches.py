@@ -8,8 +8,9 @@ from torch import Tensor
 
 from .. import ops
 from .coefficients import ns_schedule
+from .shapes import ns_flops
 
-__all__ = ["newton_schulz_batches", "ns_key"]
+__all__ = ["batch_flops", "newton_schulz_batches", "ns_key"]
 
 
 def ns_key(group: dict, shape: tuple[int, int]) -> tuple:
@@ -34,3 +35,8 @@ def newton_schulz_batches(batches: list[tuple[tuple, Tensor]]) -> list[Tensor]:
         for i, out in zip(idx, ops.newton_schulz_grouped([batches[i][1] for i in idx], schedule, eps)):
             results[i] = out
     return results
+
+
+def batch_flops(batches: list[tuple[tuple, Tensor]]) -> int:
+    """Multiply-adds `newton_schulz_batches` spends on these batches (every step of each schedule)."""
+    return sum(len(key[0]) * batch.shape[0] * ns_flops(key[3], key[4]) for key, batch in batches)

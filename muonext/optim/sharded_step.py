@@ -28,7 +28,7 @@ from torch import Tensor
 from .adamw import init_adamw_state
 from .dist_comm import Collectives
 from .dtensor_params import SplitParam, local, replication, split_param
-from .ns_batches import newton_schulz_batches, ns_key
+from .ns_batches import batch_flops, newton_schulz_batches, ns_key
 from .owner_exchange import OwnerExchange
 
 __all__ = ["ShardedStep"]
@@ -148,6 +148,7 @@ class ShardedStep:
             for m, u in enumerate(ex.mine):
                 keyed[ns_key(items[idx[ex.units[u][0]]].group, tuple(matrices[m].shape))].append(m)
             batches = [(key, torch.stack([matrices[m] for m in ms])) for key, ms in keyed.items()]
+            self.opt.ns_flops_last_step += batch_flops(batches)
             results: list[Tensor | None] = [None] * len(matrices)
             for ms, out in zip(keyed.values(), newton_schulz_batches(batches)):
                 for m, o in zip(ms, out):
@@ -157,10 +158,6 @@ class ShardedStep:
         for ex, idx, dtype, handle in scattering:
             updates.update(zip(idx, ex.updates(handle, dtype)))
         return updates
-
-    def owned_ns_flops(self) -> int:
-        """Multiply-adds of one NS step of the split matrices this rank owns (exchanges of past steps)."""
-        return sum(ex.ns_flops[ex.rank] for ex in self.exchanges.values())
 
     # -- update RMS ---------------------------------------------------------------------------
 

@@ -107,3 +107,30 @@ def test_loading_checks_parameter_names_not_only_shapes():
         local_state_from_muon(saved, layout(["b", "a"]), 0)
     unnamed = Muon(list(params.values()), lr=0.01).state_dict()  # named by place, as Muon names them
     local_state_from_muon(unnamed, layout(["param_groups[0].params[0]", "param_groups[0].params[1]"]), 0)
+
+
+@pytest.mark.parametrize("dp_shard", [64, 16, 8])
+def test_moonlight_newton_schulz_is_balanced_over_sharded_ranks(dp_shard):
+    """Moonlight-16B-A3B under FSDP2 (+ EP): row-split matrices go to owners by `OwnerExchange`; expert
+    stacks are orthogonalised where they lie, E/dp_shard experts per rank whatever ep is. The busiest
+    rank's NS work stays within 1.2× an even share (the scale-out issue's target)."""
+    from muonext.models import MoonlightConfig, MoonlightForCausalLM
+    from muonext.optim.dtensor_params import SplitParam, chunk_sizes
+    from muonext.optim.owner_exchange import OwnerExchange
+    from muonext.optim.routing import is_muon_param
+
+    with torch.device("meta"):
+        model = MoonlightForCausalLM(MoonlightConfig.preset("moonlight-16b-a3b"))
+    split, expert_flops = [], 0
+    for name, p in model.named_parameters():
+        if not is_muon_param(name, p) or "embed" in name:
+            continue
+        if ".mlp.experts." in name:
+            expert_flops += p.shape[0] * ns_flops(p.shape[1], p.shape[2])
+            continue
+        sizes = tuple(chunk_sizes(p.shape[0], dp_shard))
+        split.append(SplitParam(name, None, (), 0, dp_shard, 0, sizes, (sizes[0], *p.shape[1:])))
+    owned = OwnerExchange(split, comm=None).ns_flops
+    loads = [flops + expert_flops / dp_shard for flops in owned]
+    busiest = max(loads) / (sum(loads) / dp_shard)
+    assert busiest <= 1.2, f"{dp_shard=} {busiest=:.3f}"

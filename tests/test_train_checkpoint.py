@@ -171,3 +171,53 @@ def test_resave_same_step_replaces(tmp_path):
         model[1].weight.add_(1)
     path = save(tmp_path, 4, model, opt)
     assert torch.equal(load_checkpoint(path).model_state()["1.weight"], model[1].weight)
+
+
+def test_sharded_checkpoint_lives_inside_the_atomic_verified_one(tmp_path, monkeypatch):
+    """A sharded run's DCP directory is written in the temporary directory, listed file by file in the
+    manifest, refused when damaged, and a save that fails halfway leaves the previous checkpoint."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model, opt = model_and_optimizer()
+
+    def sharded_save(step):
+        model_sd, optim_sd = get_state_dict(model, opt)
+        return save_checkpoint(tmp_path, step, sharded_state={"model": model_sd, "optim": optim_sd},
+                               rank_state={"rng": {"torch": torch.get_rng_state()}}, shared={"step_note": step})
+
+    first = sharded_save(1)
+    manifest = json.loads((first / "manifest.json").read_text())
+    assert "dcp/.metadata" in manifest["files"] and "model.safetensors" not in manifest["files"]
+    fresh, fresh_opt = model_and_optimizer()
+    with torch.no_grad():
+        for p in fresh.parameters():
+            p.zero_()
+    model_sd, optim_sd = get_state_dict(fresh, fresh_opt)
+    state = {"model": model_sd, "optim": optim_sd}
+    ck = load_checkpoint(first)
+    assert ck.sharded
+    with pytest.raises(CheckpointError, match="sharded checkpoint"):
+        ck.model_state()
+    ck.load_sharded(state)
+    set_state_dict(fresh, fresh_opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    assert_same(fresh.state_dict(), model.state_dict())
+    assert_same(fresh_opt.state_dict()["state"], opt.state_dict()["state"])
+
+    real = dcp.save
+
+    def half_then_fail(state_dict, checkpoint_id, **kw):
+        real(state_dict, checkpoint_id=checkpoint_id, **kw)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(dcp, "save", half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        sharded_save(2)
+    assert list_checkpoints(tmp_path) == [(1, first)] and not list(tmp_path.glob(".tmp-*"))
+    monkeypatch.undo()
+
+    shard = next(p for p in (first / "dcp").iterdir() if p.suffix == ".distcp")
+    data = shard.read_bytes()
+    shard.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))  # one flipped byte
+    with pytest.raises(CheckpointError, match=shard.name):
+        load_checkpoint(first)

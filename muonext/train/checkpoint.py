@@ -126,10 +126,13 @@ def save_checkpoint(
         tmp.mkdir()
     barrier()
     try:
-        if sharded_state is not None:
+        if sharded_state is not None:  # a collective: every rank writes its shards
+            import torch.distributed as dist
             import torch.distributed.checkpoint as dcp
 
-            dcp.save(sharded_state, checkpoint_id=tmp / SHARDED)  # a collective: every rank writes its shards
+            with warnings.catch_warnings():  # one process writing a sharded checkpoint is what we mean
+                warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+                dcp.save(sharded_state, checkpoint_id=tmp / SHARDED, no_dist=not dist.is_initialized())
         tree, tensors = flatten(rank_state, "rank")
         save_file(tensors, tmp / _rank_file(rank, "safetensors"), metadata={"format": "pt"})
         _write_json(tmp / _rank_file(rank, "json"), tree)

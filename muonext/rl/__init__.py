@@ -6,15 +6,17 @@ The model-level parts — `rollout` (partial rollouts), `RLTrainer`, the pipelin
 optimizer or training packages).
 """
 
+from .code_reward import check_code_row, code_reward, extract_code
 from .config import PipelineConfig, RLConfig
 from .dpo import build_dpo_pairs, dpo_loss
+from .judge import UnsupportedTestError
 from .length import LengthPenalty, length_reward
 from .long2short import merge_state_dicts, shortest_correct_index, shortest_rejection_sampling
 from .loss import group_mean, pmd_loss, sequence_logprobs, token_entropy, token_logprobs
 from .repeat import RepeatDetector, Repetition, ends_in_repetition
 from .replay import PartialRollout, ReplayBuffer
 from .sampling import CurriculumSchedule, ProblemSampler
-from .sandbox import CodeResult, SandboxLimits, run_code_tests
+from .sandbox import CodeResult, SandboxLimits, run_call_tests, run_code_tests, run_stdio_tests
 from .task_adapter import CodeTask, MathTask, RewardResult
 from .tasks import (
     LEVELS,
@@ -66,12 +68,16 @@ __all__ = [
     "ReplayBuffer",
     "RewardResult",
     "SandboxLimits",
+    "UnsupportedTestError",
     "Trajectory",
     "answers_match",
     "build_dpo_pairs",
+    "check_code_row",
+    "code_reward",
     "dpo_loss",
     "ends_in_repetition",
     "extract_answer",
+    "extract_code",
     "generate_problem",
     "generate_problems",
     "group_mean",
@@ -82,8 +88,10 @@ __all__ = [
     "parse_number",
     "pmd_loss",
     "rollout",
+    "run_call_tests",
     "run_code_tests",
     "run_pipeline",
+    "run_stdio_tests",
     "save_problems",
     "sequence_logprobs",
     "shortest_correct_index",

@@ -1,32 +1,41 @@
-"""Sandbox trampoline: the first process of a `run_code_tests` call (see sandbox.py for the policy).
+"""Sandbox trampoline: the first process of a sandboxed run (see sandbox.py for the policy).
 
 Started as `python -I -S _sandbox_child.py` in a new session with an empty environment. It reads one
-JSON line of configuration (limits, paths, program, tests and a per-run nonce) from stdin, then:
+JSON line of configuration (limits, paths, the program, what to run it on, a per-run nonce) from stdin:
 
 1. sets the resource limits (CPU, address space, file size, open files, no core dumps);
-2. as root: unshares mount, network, PID, IPC and UTS namespaces; in the private mount namespace the
-   work directory is bind-mounted read-write, the interpreter's standard library is bind-mounted where
-   `nobody` can read it, and every mount point is remounted read-only and nosuid;
+2. isolates: as root with the capabilities for it, unshares mount, network, PID, IPC and UTS
+   namespaces; otherwise (a plain user, or uid 0 without capabilities, as in many containers) the same
+   inside a new user namespace where it maps itself to root, as bubblewrap does. In the private mount
+   namespace the temporary root is replaced by a skeleton holding only this run's directories (other
+   sandboxes' work directories disappear), the work directory is bound back read-write, the standard
+   library is bound where the runner can read it, and every mount point is remounted read-only and
+   nosuid;
 3. forks the runner (PID 1 of the new PID namespace, so when it dies the kernel kills everything it
-   started); the runner drops to the unprivileged uid (with RLIMIT_NPROC, which root ignores) and
-   `no_new_privs`, then executes the program and the tests in one namespace;
-4. this process stays outside, as root, waits for the runner with the wall-clock deadline, kills it on
-   timeout and reports how it ended.
+   started); as privileged root the runner drops to `nobody` (with RLIMIT_NPROC, which root ignores);
+   it sets `no_new_privs`, runs the program, then
+   * mode "probes": the test file's imports and each probe expression, reporting each value as plain
+     data (`_to_wire`) or the error it raised;
+   * mode "stdio": the program once per input, in a fresh fork with that input as stdin, reporting
+     each run's stdout and exit status;
+4. this process stays outside, waits for the runner with the wall-clock deadline, kills it on timeout
+   and reports how it ended.
+
+The runner never sees an expected value: the parent compares (judge.py). Whatever the program does to
+this interpreter (walk its frames, patch builtins, print, exit) it can at most misreport its own
+outputs. Messages carry the nonce and are sent only from the runner's PID, so garbage on the pipe is
+ignored.
 
 Why a separate process instead of `preexec_fn`: the parent has imported torch and runs threads;
 `preexec_fn` runs Python between fork and exec in such a process, which CPython documents as unsafe
 (deadlocks on locks held by other threads). Here the same calls run in a fresh single-threaded
 interpreter.
-
-The runner reports on the result pipe as one JSON line carrying the nonce, and only from its own PID.
-The nonce is what makes `sys.exit(0)` / `os._exit(0)` inside the program a failure instead of a pass;
-program and tests share one interpreter, so a program written to attack this harness from inside
-(e.g. by walking frames to find the nonce) is outside what that check stops.
 """
 
 import builtins
 import ctypes
 import json
+import math
 import os
 import resource
 import sys
@@ -35,15 +44,41 @@ import time
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
 SIGKILL = 9
+CAP_SETGID, CAP_SETUID, CAP_SYS_ADMIN = 6, 7, 21
+WIRE_LIMIT = 8 * 2**20  # characters of JSON one run may report
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_write = os.write  # bound before any untrusted code runs
+# bound before any untrusted code runs: a program that patches builtins or json cannot mute the runner
+_write, _quote = os.write, json.encoder.encode_basestring_ascii
+_type, _repr, _len, _str, _join = type, repr, len, str, ", ".join
+_int_repr, _float_repr = int.__repr__, float.__repr__
+
+
+def _dumps(v) -> str:
+    """JSON of plain data (what `_to_wire` made and the messages), with nothing the program can patch."""
+    t = _type(v)
+    if v is None:
+        return "null"
+    if t is bool:
+        return "true" if v else "false"
+    if t is int:
+        return _int_repr(v)
+    if t is float:
+        return _float_repr(v)
+    if t is str:
+        return _quote(v)
+    if t is list:
+        return "[" + _join([_dumps(x) for x in v]) + "]"
+    if t is dict:
+        return "{" + _join([_quote(k) + ": " + _dumps(x) for k, x in v.items()]) + "}"
+    raise TypeError(f"cannot send a {t.__name__}")
 
 
 def _check(rc: int, what: str) -> None:
@@ -52,17 +87,40 @@ def _check(rc: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def _mount(src, target: str, flags: int, fstype=None) -> None:
+def _mount(src, target: str, flags: int, fstype=None, data=None) -> None:
     _check(
         _libc.mount(
             src.encode() if src else None,
             target.encode(),
             fstype.encode() if fstype else None,
             ctypes.c_ulong(flags),
-            None,
+            data.encode() if data else None,
         ),
         f"mount {target}",
     )
+
+
+def _capable(*caps: int) -> bool:
+    """Whether this process holds every capability in `caps` (effective set)."""
+    with open("/proc/self/status") as f:
+        eff = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
+    return all(eff >> c & 1 for c in caps)
+
+
+def _enter_user_namespace(flags: int) -> bool:
+    """unshare with a new user namespace in which this process is root. Our uid is mapped to root there,
+    except for uid 0 without capabilities, which the kernel refuses to map (CAP_SETFCAP): that process
+    keeps its real uid for files, and still holds the namespace's capabilities for mounts."""
+    uid, gid = os.getuid(), os.getgid()
+    if _libc.unshare(CLONE_NEWUSER | flags) != 0:
+        return False
+    maps = [("/proc/self/setgroups", "deny"), ("/proc/self/gid_map", f"0 {gid} 1")]
+    if uid != 0:
+        maps.append(("/proc/self/uid_map", f"0 {uid} 1"))
+    for path, text in maps:
+        with open(path, "w") as f:
+            f.write(text)
+    return True
 
 
 def _mount_points() -> list:
@@ -75,10 +133,15 @@ def _mount_points() -> list:
     return points
 
 
-def _read_only_view(work: str, stdlib_src: str, stdlib_dst: str) -> None:
-    """Everything read-only and nosuid except `work`; stdlib visible at `stdlib_dst`. Raises on failure."""
+def _read_only_view(work: str, temp_root: str, skeleton: str, stdlib_src: str, stdlib_dst: str) -> None:
+    """Everything read-only and nosuid except `work`; the temporary root showing only this run's
+    (skeleton: empty mount points for work and the stdlib, prepared by the parent). Raises on failure."""
     _mount(None, "/", MS_REC | MS_PRIVATE)  # nothing we do here propagates to the host
-    _mount(work, work, MS_BIND)
+    work_fd = os.open(work, os.O_PATH | os.O_DIRECTORY)
+    if temp_root != "/":  # other sandboxes' work directories (maybe the same uid) vanish
+        _mount(skeleton, temp_root, MS_BIND)  # no new inodes: a user namespace may not create them
+    _mount(f"/proc/self/fd/{work_fd}", work, MS_BIND)
+    os.close(work_fd)
     if stdlib_dst:
         _mount(stdlib_src, stdlib_dst, MS_BIND | MS_REC)
     for point in _mount_points():
@@ -88,8 +151,8 @@ def _read_only_view(work: str, stdlib_src: str, stdlib_dst: str) -> None:
         try:
             _mount(None, point, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | keep)
         except OSError:
-            if point == "/" or point == stdlib_dst:
-                raise  # the guarantee depends on these two; special mounts below may refuse
+            if point in ("/", stdlib_dst, temp_root):
+                raise  # the guarantee depends on these; special mounts below may refuse
 
 
 def _block_sockets() -> None:
@@ -125,44 +188,140 @@ def _describe(exc: BaseException, filename: str, source: str) -> str:
     where = ""
     if lineno:
         lines = source.splitlines()
-        text = lines[lineno - 1].strip() if lineno <= len(lines) else ""
+        text = lines[lineno - 1].strip() if lineno <= _len(lines) else ""
         where = f"line {lineno}: {text}: "
-    msg = str(exc)
-    return f"{where}{type(exc).__name__}" + (f": {msg}" if msg else "")
+    try:
+        msg = _str(exc)
+    except BaseException:  # noqa: BLE001 - a program's exception may refuse to print
+        msg = "(unprintable)"
+    return f"{where}{_type(exc).__name__}" + (f": {msg}" if msg else "")
 
 
-def _run(cfg: dict, report) -> None:
-    """The runner: compile, run the program, run the tests, report once."""
-    code, tests = cfg["code"], cfg["tests"]
+# -- plain data --------------------------------------------------------------------------------------
+
+def _to_wire(value, budget: list, depth: int = 0):
+    """JSON-able plain data for `value`, exact types only (no subclass, so no model-made __eq__ travels):
+    None, bool, int, float, str, list, tuple, dict, set, frozenset. Raises TypeError otherwise."""
+    if depth > 100:
+        raise ValueError("result nested more than 100 deep")
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise ValueError("result too large")
+    t = _type(value)
+    if value is None or t is bool or t is int or t is str:
+        if t is str:
+            budget[0] -= _len(value)
+        elif t is int:
+            budget[0] -= _len(_repr(value))
+        if budget[0] < 0:
+            raise ValueError("result too large")
+        return value
+    if t is float:
+        return value if math.isfinite(value) else {"float": _repr(value)}
+    if t is list:
+        return [_to_wire(v, budget, depth + 1) for v in value]
+    if t is tuple:
+        return {"tuple": [_to_wire(v, budget, depth + 1) for v in value]}
+    if t is set or t is frozenset:
+        return {t.__name__: [_to_wire(v, budget, depth + 1) for v in value]}
+    if t is dict:
+        pairs = [[_to_wire(k, budget, depth + 1), _to_wire(v, budget, depth + 1)] for k, v in value.items()]
+        return {"dict": pairs}
+    raise TypeError(f"the result is a {t.__name__}, not plain data (None, bool, int, float, str, list, "
+                    "tuple, dict, set)")
+
+
+# -- the runner --------------------------------------------------------------------------------------
+
+def _run_program(code: str, namespace: dict, report) -> bool:
+    """Compiles and runs the program in `namespace`; on failure reports why and returns False."""
     try:
         code_obj = compile(code, "solution.py", "exec")
-        test_obj = compile(tests, "tests.py", "exec")
     except SyntaxError as e:
         report("syntax_error", f"{e.filename} line {e.lineno}: {e.msg}")
-        return
+        return False
     except (MemoryError, RecursionError, ValueError) as e:
         report("syntax_error", f"could not compile: {type(e).__name__}: {e}")
-        return
+        return False
+    try:
+        exec(code_obj, namespace)  # noqa: S102 - running the program is the point
+    except SystemExit as e:
+        report("early_exit", f"program called exit({e.code!r}) before the tests ran")
+        return False
+    except MemoryError as e:
+        report("memory", _describe(e, "solution.py", code))
+        return False
+    except BaseException as e:  # noqa: BLE001 - any failure of untrusted code is a result
+        report("program_error", _describe(e, "solution.py", code))
+        return False
+    return True
+
+
+def _run_probes(cfg: dict, report) -> None:
+    """The program, the tests' imports, then every probe: {"value": wire} or {"error": description}."""
     namespace = {"__name__": "__main__", "__builtins__": builtins}
-    for stage, obj, src, filename in (
-        ("program", code_obj, code, "solution.py"),
-        ("tests", test_obj, tests, "tests.py"),
-    ):
+    if not _run_program(cfg["code"], namespace, report):
+        return
+    results, budget = [], [WIRE_LIMIT]
+    for source in cfg["imports"]:
         try:
-            exec(obj, namespace)  # noqa: S102 - running the program is the point
+            exec(compile(source, "tests.py", "exec"), namespace)  # noqa: S102 - the test file's imports
+        except BaseException as e:  # noqa: BLE001
+            report("test_error", f"{source}: {type(e).__name__}: {e}")
+            return
+    for source in cfg["probes"]:
+        try:
+            value = eval(compile(source, "tests.py", "eval"), namespace)  # noqa: S307 - the program's outputs
+            results.append({"value": _to_wire(value, budget)})
         except SystemExit as e:
-            report("early_exit", f"{stage} called exit({e.code!r}) before the tests finished")
+            report("early_exit", f"the program called exit({e.code!r}) while the tests ran")
             return
-        except MemoryError as e:
-            report("memory", _describe(e, filename, src))
-            return
-        except AssertionError as e:
-            report("test_failed" if stage == "tests" else "program_error", _describe(e, filename, src))
-            return
-        except BaseException as e:  # noqa: BLE001 - any failure of untrusted code is a result
-            report("test_error" if stage == "tests" else "program_error", _describe(e, filename, src))
-            return
-    report("passed", "")
+        except BaseException as e:  # noqa: BLE001 - a probe that raises is a failed test, told in the parent
+            results.append({"error": _describe(e, "solution.py", cfg["code"])})
+    report("done", "", results=results)
+
+
+def _run_stdio(cfg: dict, report) -> None:
+    """The program as __main__ once per input, each in a fresh fork: stdout and exit status of each."""
+    results = []
+    for i, text in enumerate(cfg["inputs"]):
+        stdin_path, stdout_path = f"stdin_{i}.txt", f"stdout_{i}.txt"
+        with open(stdin_path, "w") as f:
+            f.write(text)
+        pid = os.fork()
+        if pid == 0:  # one run of the program: stdin from the input, stdout to its own file
+            status = 1
+            try:
+                fd = os.open(stdin_path, os.O_RDONLY)
+                os.dup2(fd, 0)
+                out = os.open(stdout_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                os.dup2(out, 1)
+                sys.stdin = open(0, closefd=False)  # noqa: SIM115
+                sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+                program = compile(cfg["code"], "solution.py", "exec")
+                exec(program, {"__name__": "__main__", "__builtins__": builtins})  # noqa: S102
+                status = 0
+            except SystemExit as e:
+                status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            except BaseException as e:  # noqa: BLE001
+                try:
+                    sys.stderr.write(_describe(e, "solution.py", cfg["code"]) + "\n")
+                except BaseException:  # noqa: BLE001, S110
+                    pass
+            try:
+                sys.stdout.flush()
+            except BaseException:  # noqa: BLE001, S110
+                pass
+            os._exit(status)
+        _, wait_status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(wait_status)
+        try:
+            with open(stdout_path, errors="replace") as f:
+                out = f.read(WIRE_LIMIT)
+        except OSError as e:
+            out = f"(no output: {e})"
+        results.append({"stdout": out, "exit": code})
+    report("done", "", results=results)
 
 
 def main() -> None:
@@ -176,7 +335,7 @@ def main() -> None:
 
     def emit(status: str, detail: str, **extra) -> None:
         msg = {"nonce": nonce, "status": status, "detail": detail[-2000:], "layers": layers, **extra}
-        _write(result_fd, (json.dumps(msg) + "\n").encode())
+        _write_all(result_fd, (_dumps(msg) + "\n").encode())
 
     cpu = int(lim["cpu_s"])
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -186,23 +345,26 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (lim["open_files"],) * 2)
     layers += ["rlimits", "isolated_interpreter", "clean_env", "temp_cwd"]
 
-    root = os.geteuid() == 0
+    own_processes = _count_own_processes(os.getuid())  # before a user namespace renames our uid
+    # root that can set up namespaces and switch uid; anyone else goes through a user namespace
+    real_root = os.geteuid() == 0
+    privileged = real_root and _capable(CAP_SYS_ADMIN, CAP_SETUID, CAP_SETGID)
     stdlib_src = os.path.realpath(sys.base_prefix)
     stdlib_dst = ""
-    if root and cfg["namespaces"]:
+    if cfg["namespaces"]:
         flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
-        if _libc.unshare(flags) == 0:
-            layers += ["net_namespace", "pid_namespace"]
+        entered = _libc.unshare(flags) == 0 if privileged else _enter_user_namespace(flags)
+        if entered:
+            layers += ["net_namespace", "pid_namespace"] + ([] if privileged else ["user_namespace"])
             try:
-                _read_only_view(work, stdlib_src, cfg["stdlib_mount"])
+                _read_only_view(work, cfg["temp_root"], cfg["skeleton"], stdlib_src, cfg["stdlib_mount"])
                 stdlib_dst = cfg["stdlib_mount"]
-                layers.append("read_only_fs")
+                layers += ["read_only_fs", "private_tmp"]
             except OSError:
                 pass
     # Without the bind mount, dropping to `nobody` only works if it can already read the stdlib.
-    can_drop = root and (bool(stdlib_dst) or cfg["stdlib_world_readable"])
-
-    if root and not can_drop:
+    can_drop = privileged and (bool(stdlib_dst) or cfg["stdlib_world_readable"])
+    if privileged and not can_drop:
         emit(
             "sandbox_error",
             "running as root but cannot drop to an unprivileged uid (no mount namespace "
@@ -229,8 +391,8 @@ def main() -> None:
                 os.setgid(cfg["gid"])
                 os.setuid(cfg["uid"])
                 layers += ["uid_drop", "nproc"]
-            elif not root:
-                n = _count_own_processes(os.getuid()) + lim["processes"]
+            elif not real_root:  # RLIMIT_NPROC counts the real uid's processes (the kernel exempts root)
+                n = own_processes + lim["processes"]
                 resource.setrlimit(resource.RLIMIT_NPROC, (n, n))
                 layers.append("nproc")
             if stdlib_dst:
@@ -253,20 +415,20 @@ def main() -> None:
         emit("started", "")  # tells the parent which layers are in force, whoever reports the end
         me = os.getpid()
 
-        def report(status: str, detail: str) -> None:
+        def report(status: str, detail: str, **extra) -> None:
             if os.getpid() == me:  # a forked copy of the runner never speaks for it
                 try:
                     sys.stdout.flush()
                     sys.stderr.flush()
                 except BaseException:  # noqa: BLE001, S110 - a closed stdout must not stop the report
                     pass
-                emit(status, detail)
+                emit(status, detail, **extra)
             os._exit(0)
 
-        _run(cfg, report)
+        (_run_stdio if cfg["mode"] == "stdio" else _run_probes)(cfg, report)
         os._exit(0)
 
-    # The supervisor: outside the PID namespace, still root; enforces the wall-clock deadline.
+    # The supervisor: outside the PID namespace; enforces the wall-clock deadline.
     deadline = time.monotonic() + cfg["timeout_s"]
     delay = 0.001
     while True:
@@ -285,6 +447,11 @@ def main() -> None:
     if os.WIFSIGNALED(status):
         emit("signal", "", signal=os.WTERMSIG(status), cpu_s=usage.ru_utime + usage.ru_stime)
     os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 0)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[_write(fd, data):]
 
 
 if __name__ == "__main__":

@@ -1,0 +1,273 @@
+"""Programs written to game a code reward or escape the sandbox, each run through the reward path.
+
+`run_all()` runs every attack and returns {"cases": {name: {"passed", "reason", "layers", "escaped"}},
+"host_port_received": [...]}; the tests
+(test_rl_sandbox_attacks.py) call it in the test process (root with capabilities) and, through
+`python -m tests.sandbox_attacks`, as uid 0 without capabilities and as a plain user. Every attack must
+end in a failing reward (the two "control" programs must pass), with nothing left outside the sandbox.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import textwrap
+import threading
+import time
+
+from muonext.rl.sandbox import SandboxLimits, run_call_tests, run_code_tests, run_stdio_tests
+
+SECRET = "expected-value-31337"  # the expected value of the secret attacks: nowhere in the child
+
+FRAME_WALK = """
+import gc, json, os, sys
+
+def answer():
+    # look everywhere for the expected value or the harness's nonce and result pipe
+    found = None
+    for obj in gc.get_objects():
+        if isinstance(obj, dict):
+            if "nonce" in obj and "result_fd" in obj:  # forge the harness's messages
+                for status in ("passed", "done"):
+                    msg = {"nonce": obj["nonce"], "status": status, "detail": "", "layers": [],
+                           "results": [{"value": "forged"}]}
+                    os.write(obj["result_fd"], (json.dumps(msg) + "\\n").encode())
+            for v in obj.values():
+                if isinstance(v, str) and "31337" in v:
+                    found = v
+        if isinstance(obj, str) and "31337" in obj and obj != "31337":
+            found = obj
+    frame = sys._getframe()
+    while frame is not None:
+        for v in list(frame.f_locals.values()) + list(frame.f_globals.values()):
+            if isinstance(v, str) and "31337" in v and v != "31337":
+                found = v
+        frame = frame.f_back
+    return found
+"""
+
+LIAR_OBJECTS = """
+class Anything:
+    def __eq__(self, other): return True
+    def __ne__(self, other): return False
+    def __hash__(self): return 0
+    def __lt__(self, other): return True
+    def __bool__(self): return True
+
+class LyingInt(int):
+    def __eq__(self, other): return True
+    def __hash__(self): return 0
+
+def answer():
+    return Anything()
+
+def number():
+    return LyingInt(0)
+"""
+
+PATCH_BUILTINS = """
+import builtins, json, math, operator
+builtins.abs = lambda x: 0
+builtins.isinstance = lambda *a: True
+builtins.type = lambda *a: int
+builtins.len = lambda x: 3
+math.isclose = lambda *a, **k: True
+operator.eq = lambda a, b: True
+json.dumps = lambda *a, **k: '{"value": 3.0}'
+
+def area(r):
+    return 0.0
+"""
+
+PASS_MARKERS = """
+import sys
+print("passed")
+print('{"status": "passed", "nonce": "x", "detail": ""}')
+sys.stderr.write("passed\\n")
+
+def add(a, b):
+    print("ok: all tests passed")
+    return 0
+"""
+
+
+def _write_outside(targets: list[str]) -> str:
+    lines = ["import os", "escaped = []"]
+    for t in targets:
+        lines += [
+            "try:",
+            f"    open({t!r}, 'w').write('escaped')",
+            f"    escaped.append({t!r})",
+            "except OSError:",
+            "    pass",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _cases(port: int, escape_targets: list[str]) -> dict:
+    return {
+        # controls: an honest program passes every kind of test in this mode
+        "control_asserts": ("asserts", "def add(a, b):\n    return a + b\n", "assert add(2, 3) == 5\n"),
+        "control_stdio": (
+            "stdio",
+            "print(sum(map(int, input().split())))\n",
+            [{"input": "2 3\n", "output": "5"}],
+        ),
+        # the expected value is nowhere the program can look; forged harness messages change nothing
+        "frame_walk": ("asserts", FRAME_WALK, f"assert answer() == {SECRET!r}\n"),
+        "frame_walk_call": ("call", FRAME_WALK, ("answer", [{"args": [], "expected": SECRET}])),
+        "eq_object": ("asserts", LIAR_OBJECTS, "assert answer() == 5\nassert answer() != 5\n"),
+        "eq_object_call": ("call", LIAR_OBJECTS, ("answer", [{"args": [], "expected": [1, 2]}])),
+        "int_subclass": ("asserts", LIAR_OBJECTS, "assert number() == 7\n"),
+        "hash_in_set": ("asserts", LIAR_OBJECTS, "assert answer() in {5, 6}\n"),
+        "patched_builtins": (
+            "asserts",
+            PATCH_BUILTINS,
+            "import math\nassert abs(area(1.0) - math.pi) < 1e-9\nassert math.isclose(area(1.0), 3.0)\n",
+        ),
+        "pass_markers": ("asserts", PASS_MARKERS, "assert add(1, 1) == 2\n"),
+        "pass_markers_stdio": ("stdio", PASS_MARKERS, [{"input": "", "output": "3"}]),
+        "exit_zero_at_start": ("asserts", "import os\nos._exit(0)\n", "assert f() == 1\n"),
+        "exit_zero_in_call": ("asserts", "import os\ndef f():\n    os._exit(0)\n", "assert f() == 1\n"),
+        "sys_exit_in_call": (
+            "call",
+            "import sys\ndef f():\n    sys.exit(0)\n",
+            ("f", [{"args": [], "expected": 1}]),
+        ),
+        "write_outside": (
+            "asserts",
+            _write_outside(escape_targets) + "def f():\n    return escaped\n",
+            "assert f() == ['none']\n",
+        ),
+        "connect_to_host": (
+            "asserts",
+            textwrap.dedent(f"""
+            import socket
+            def f():
+                s = socket.create_connection(("127.0.0.1", {port}), timeout=1)
+                s.sendall(b"leak")
+                return "connected"
+            """),
+            "assert f() == 'never'\n",
+        ),
+        "raw_socket_module": (
+            "asserts",
+            textwrap.dedent(f"""
+            import _socket
+            def f():
+                s = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+                s.settimeout(1)
+                s.connect(("127.0.0.1", {port}))
+                return "connected"
+            """),
+            "assert f() == 'never'\n",
+        ),
+        "fork_bomb": (
+            "asserts",
+            "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
+            "assert True\n",
+        ),
+        "memory_bomb": (
+            "asserts",
+            "blocks = []\nwhile True:\n    blocks.append(bytearray(2**20))\n",
+            "assert True\n",
+        ),
+    }
+
+
+def _run(kind: str, code: str, tests, timeout_s: float = 10.0):
+    limits = SandboxLimits(memory_bytes=256 * 2**20)
+    if kind == "asserts":
+        return run_code_tests(code, tests, timeout_s=timeout_s, limits=limits)
+    if kind == "call":
+        return run_call_tests(code, tests[0], tests[1], timeout_s=timeout_s, limits=limits)
+    return run_stdio_tests(code, tests, timeout_s=timeout_s, limits=limits)
+
+
+def _other_sandbox() -> dict:
+    """Sandbox A writes a secret into its work directory and waits; meanwhile sandbox B searches the
+    temporary root for other sandboxes' files. A must pass (its secret was there); B must find nothing."""
+    writer = "import time\nopen('secret.txt', 'w').write('the secret of A')\ntime.sleep(3)\n"
+    reader = textwrap.dedent(f"""
+        import glob, os
+        def f():
+            found = []
+            for path in glob.glob({tempfile.gettempdir()!r} + "/**/secret.txt", recursive=True):
+                try:
+                    found.append(open(path).read())
+                except OSError:
+                    pass
+            return found
+        """)
+    out = {}
+    thread = threading.Thread(
+        target=lambda: out.update(writer=run_code_tests(writer, "assert True\n", timeout_s=15))
+    )
+    thread.start()
+    time.sleep(1.5)
+    out["reader"] = run_code_tests(reader, "assert f() == []\n", timeout_s=10)
+    thread.join()
+    return out
+
+
+def run_all() -> dict:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    server.settimeout(0.2)
+    port = server.getsockname()[1]
+    accepted = []
+    stop = threading.Event()
+
+    def accept():
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+                accepted.append(conn.recv(100))
+                conn.close()
+            except OSError:
+                pass
+
+    listener = threading.Thread(target=accept)
+    listener.start()
+    unique = f"muonext-escape-{os.getpid()}-{time.monotonic_ns()}"
+    targets = [
+        f"/tmp/{unique}",
+        os.path.join(os.path.dirname(os.path.abspath(__file__)), unique),
+        f"/root/{unique}",
+        os.path.join(os.path.expanduser("~"), unique),
+    ]
+    report = {}
+    try:
+        for name, (kind, code, tests) in _cases(port, targets).items():
+            r = _run(kind, code, tests)
+            escaped = [t for t in targets if os.path.exists(t)]
+            report[name] = {
+                "passed": r.passed,
+                "reason": r.reason,
+                "layers": list(r.layers),
+                "escaped": escaped,
+            }
+        other = _other_sandbox()
+        for who in ("writer", "reader"):
+            r = other[who]
+            report[f"other_sandbox_{who}"] = {
+                "passed": r.passed,
+                "reason": r.reason,
+                "layers": list(r.layers),
+                "escaped": [],
+            }
+    finally:
+        stop.set()
+        listener.join()
+        server.close()
+        for t in targets:
+            if os.path.exists(t):
+                os.unlink(t)
+    return {"cases": report, "host_port_received": [bytes(a).decode(errors="replace") for a in accepted]}
+
+
+if __name__ == "__main__":
+    print(json.dumps({"uid": os.geteuid(), **run_all()}))

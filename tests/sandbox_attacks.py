@@ -9,6 +9,7 @@ end in a failing reward (the two "control" programs must pass), with nothing lef
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import socket
@@ -17,7 +18,7 @@ import textwrap
 import threading
 import time
 
-from muonext.rl.sandbox import SandboxLimits, run_call_tests, run_code_tests, run_stdio_tests
+from muonext.rl.sandbox import TEMP_PREFIX, SandboxLimits, run_call_tests, run_code_tests, run_stdio_tests
 
 SECRET = "expected-value-31337"  # the expected value of the secret attacks: nowhere in the child
 
@@ -187,14 +188,16 @@ def _run(kind: str, code: str, tests, timeout_s: float = 10.0):
 
 
 def _other_sandbox() -> dict:
-    """Sandbox A writes a secret into its work directory and waits; meanwhile sandbox B searches the
-    temporary root for other sandboxes' files. A must pass (its secret was there); B must find nothing."""
-    writer = "import time\nopen('secret.txt', 'w').write('the secret of A')\ntime.sleep(3)\n"
+    """Sandbox A writes a secret into its work directory and waits; once the secret is there (seen from
+    outside), sandbox B searches the temporary root for other sandboxes' files while A still runs.
+    A must pass; B must find nothing; `overlapped` says B ran while A's secret existed."""
+    root = tempfile.gettempdir()
+    writer = "import time\nopen('secret.txt', 'w').write('the secret of A')\ntime.sleep(8)\n"
     reader = textwrap.dedent(f"""
-        import glob, os
+        import glob
         def f():
             found = []
-            for path in glob.glob({tempfile.gettempdir()!r} + "/**/secret.txt", recursive=True):
+            for path in glob.glob({root!r} + "/**/secret.txt", recursive=True):
                 try:
                     found.append(open(path).read())
                 except OSError:
@@ -203,11 +206,14 @@ def _other_sandbox() -> dict:
         """)
     out = {}
     thread = threading.Thread(
-        target=lambda: out.update(writer=run_code_tests(writer, "assert True\n", timeout_s=15))
+        target=lambda: out.update(writer=run_code_tests(writer, "assert True\n", timeout_s=30))
     )
     thread.start()
-    time.sleep(1.5)
+    deadline = time.monotonic() + 25
+    while not glob.glob(f"{root}/{TEMP_PREFIX}*/work/secret.txt") and time.monotonic() < deadline:
+        time.sleep(0.05)
     out["reader"] = run_code_tests(reader, "assert f() == []\n", timeout_s=10)
+    out["overlapped"] = thread.is_alive() and bool(glob.glob(f"{root}/{TEMP_PREFIX}*/work/secret.txt"))
     thread.join()
     return out
 
@@ -266,7 +272,11 @@ def run_all() -> dict:
         for t in targets:
             if os.path.exists(t):
                 os.unlink(t)
-    return {"cases": report, "host_port_received": [bytes(a).decode(errors="replace") for a in accepted]}
+    return {
+        "cases": report,
+        "host_port_received": [bytes(a).decode(errors="replace") for a in accepted],
+        "other_sandbox_overlapped": other["overlapped"],
+    }
 
 
 if __name__ == "__main__":

@@ -85,6 +85,14 @@ def test_nothing_escaped_the_sandbox(setting):
         assert r["escaped"] == [], f"{name}: {case} wrote {r['escaped']}"
 
 
+def test_another_sandboxs_files_are_out_of_sight(setting):
+    name, _, out = setting
+    assert out["other_sandbox_overlapped"], (
+        f"{name}: the reader did not run while the writer's secret existed"
+    )
+    assert out["cases"]["other_sandbox_reader"]["passed"], out["cases"]["other_sandbox_reader"]
+
+
 def test_the_failures_say_why(setting):
     name, _, out = setting
     reasons = {case: r["reason"] for case, r in out["cases"].items()}

@@ -78,11 +78,14 @@ class ReplayBuffer:
     def __iter__(self):
         return iter(list(self._items))
 
-    def add(self, rollout: PartialRollout) -> None:
+    def add(self, rollout: PartialRollout) -> list[PartialRollout]:
+        """Appends `rollout`; returns the oldest ones pushed out by the capacity (counted in `dropped`)."""
         self._items.append(rollout)
+        lost = []
         while len(self._items) > self.capacity:
-            self._items.popleft()
+            lost.append(self._items.popleft())
             self.dropped += 1
+        return lost
 
     def expire(self, iteration: int) -> list[PartialRollout]:
         """Remove and return the trajectories older than `max_age` at `iteration`."""

@@ -9,8 +9,10 @@ Per iteration i (`RLTrainer.step`):
  3. roll out one segment each (`rollout.py`): finished / repeat / truncated trajectories are scored,
     partial ones go back to the buffer;
  4. rewards: the task's verifier (1/0), `repeat_penalty` for degenerate ones, `truncation_reward` for
-    ones that hit the length limit, plus the weighted length reward after `length_warmup`, ranked among
-    the samples of the same group (prompt × launch iteration) that finished in this iteration;
+    ones that hit the length limit, scored when a trajectory finishes; it then waits (`groups.py`)
+    until every sample of its group (prompt × launch iteration) has finished or been dropped, and the
+    complete group is trained, with the weighted length reward after `length_warmup` ranked among its
+    samples and the baseline r̄ its mean (with partial rollouts, siblings finish in other iterations);
  5. log π_i(y|x) of the trained responses once, before any gradient step of this iteration: from the
     log-probs the rollout recorded (`reference_logprobs="rollout"`, where π_i sampled every scored token)
     or a forward pass with the weights as they are now (= π_i); then `grad_steps` passes of `pmd_loss`
@@ -49,6 +51,7 @@ from muonext.train.checkpoint import (
 )
 
 from .config import RLConfig
+from .groups import GroupTracker
 from .length import LengthPenalty
 from .loss import pmd_loss, sequence_logprobs
 from .repeat import RepeatDetector
@@ -104,6 +107,7 @@ class RLTrainer:
             seed=cfg.seed, unseen=cfg.sampling_unseen,
         )
         self.buffer = ReplayBuffer(cfg.buffer_capacity, cfg.buffer_max_age)
+        self.groups = GroupTracker()
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.shuffle_rng = random.Random(cfg.seed + 1)
         self.repeat = RepeatDetector(min_repeats=cfg.repeat_min_repeats, min_span=cfg.repeat_min_span,
@@ -126,15 +130,16 @@ class RLTrainer:
     def _requests(self, i: int):
         cfg = self.cfg
         continued, expired = self.buffer.take(cfg.max_continued, i)
-        fresh = [
-            new_request(p, self._prompt(p), i, s)
-            for p in self.sampler.sample(cfg.prompts_per_iter, i)
-            for s in range(cfg.samples_per_prompt)
-        ]
-        return continued + fresh, len(continued), len(expired)
+        fresh = []
+        for p in self.sampler.sample(cfg.prompts_per_iter, i):
+            fresh += [new_request(p, self._prompt(p), i, s) for s in range(cfg.samples_per_prompt)]
+            self.groups.launch(fresh[-1].meta["group"], cfg.samples_per_prompt)
+        return continued + fresh, len(continued), expired
 
-    def _rewards(self, done: list[Trajectory], i: int):
-        rewards, correct, errors = [], [], 0
+    def _score(self, done: list[Trajectory], i: int) -> int:
+        """The verifier's reward of each newly finished trajectory, kept in its meta; returns the number
+        of rewards that failed (sandbox errors)."""
+        errors = 0
         for t in done:
             if t.status == "repeat":
                 r, ok = self.cfg.repeat_penalty, False
@@ -143,17 +148,20 @@ class RLTrainer:
             else:
                 res = self.tasks[t.prompt_id].reward(self.codec.decode(t.tokens))
                 r, ok, errors = res.reward, res.correct, errors + (res.error is not None)
-            rewards.append(float(r))
-            correct.append(bool(ok))
+            t.meta.update(reward=float(r), correct=bool(ok), finished_iter=i)
+        return errors
+
+    def _rewards(self, ready: list[Trajectory], i: int) -> list[float]:
+        """Final rewards of the trajectories of complete groups: the verifier's, plus the length reward
+        ranked among the finished samples of the same group."""
+        rewards = [t.meta["reward"] for t in ready]
         if self.length.active(i):
-            groups = defaultdict(list)
-            for j, t in enumerate(done):
-                groups[t.group].append(j)
-            for members in groups.values():
-                extra = self.length([len(done[j].tokens) for j in members], [correct[j] for j in members], i)
+            for members in self._groups(ready, range(len(ready))):
+                extra = self.length([len(ready[j].tokens) for j in members],
+                                    [ready[j].meta["correct"] for j in members], i)
                 for j, x in zip(members, extra):
                     rewards[j] += x
-        return rewards, correct, errors
+        return rewards
 
     # ------------------------------------------------------------------------------------- one step
     def _forward_logp(self, trajs: Sequence[Trajectory]) -> torch.Tensor:
@@ -166,14 +174,16 @@ class RLTrainer:
 
         With `reference_logprobs="rollout"`, a response whose scored tokens were all sampled in this
         iteration sums the log-probs the sampler recorded (π_i's own, at temperature 1); the others (earlier
-        segments scored under partial_grad "all") and every response with "forward" take a forward pass.
+        segments scored under partial_grad "all", responses that waited for their group) and every
+        response with "forward" take a forward pass.
         """
         ref = torch.full((len(done),), float("nan"))
         from_rollout = self.cfg.reference_logprobs == "rollout"
         last_segment = self.cfg.partial_grad == "last_segment"
         forward = []
         for j in trained:
-            if from_rollout and (last_segment or done[j].segment_start == 0):
+            sampled_now = done[j].meta["finished_iter"] == self.iteration  # else it waited for its group
+            if from_rollout and sampled_now and (last_segment or done[j].segment_start == 0):
                 ref[j] = math.fsum(done[j].segment_logprobs)
             else:
                 forward.append(j)
@@ -211,19 +221,24 @@ class RLTrainer:
         cfg, i = self.cfg, self.iteration
         if cfg.reset_optimizer:
             self.optimizer = make_optimizer(self.model, cfg)
-        requests, n_continued, n_expired = self._requests(i)
+        requests, n_continued, expired = self._requests(i)
+        for lost in expired:
+            self.groups.drop(lost.meta["group"])
         trajs, stats = rollout(
             self.model, requests, eos_id=self.codec.eos_id, max_new_tokens=cfg.max_new_tokens,
             segment_tokens=cfg.segment_tokens, temperature=cfg.temperature, generator=self.generator,
             repeat=self.repeat, check_every=cfg.repeat_check_every,
         )
+        dropped = 0
         for t in trajs:
             if not t.done:
-                self.buffer.add(t.to_partial())
+                for lost in self.buffer.add(t.to_partial()):
+                    self.groups.drop(lost.meta["group"])
+                    dropped += 1
         done = [t for t in trajs if t.done]
         record: dict[str, Any] = {
-            "iteration": i, "rollouts": len(trajs), "continued": n_continued, "expired": n_expired,
-            "finished": len(done), "replay_buffer": len(self.buffer),
+            "iteration": i, "rollouts": len(trajs), "continued": n_continued, "expired": len(expired),
+            "dropped_capacity": dropped, "finished": len(done), "replay_buffer": len(self.buffer),
             "rollout_tokens": stats.new_tokens, "rollout_tokens_per_s": stats.tokens_per_s,
             "entropy": stats.entropy, "repeat_ended": sum(t.status == "repeat" for t in done),
             "truncated": sum(t.status == "truncated" for t in done),
@@ -231,40 +246,46 @@ class RLTrainer:
         }
         if done:
             t0 = time.perf_counter()
-            rewards, correct, errors = self._rewards(done, i)
+            record["reward_errors"] = self._score(done, i)
             record["reward_seconds"] = time.perf_counter() - t0
+            by_prompt = defaultdict(list)
+            for t in done:
+                by_prompt[t.prompt_id].append(t.meta["correct"])
+                self.groups.finish(t)
+            for p, oks in by_prompt.items():
+                self.sampler.update(p, oks)
+            record.update(accuracy=sum(t.meta["correct"] for t in done) / len(done),
+                          mean_length=sum(len(t.tokens) for t in done) / len(done),
+                          segments_mean=sum(t.segments for t in done) / len(done))
+        else:
+            record.update(accuracy=0.0, mean_length=0.0, reward_errors=0)
+        ready = self.groups.complete()  # the samples of groups that have all finished (or were dropped)
+        record["waiting"] = self.groups.held()
+        if ready:
+            rewards = self._rewards(ready, i)
             r_all = torch.tensor(rewards)
-            gid = {g: n for n, g in enumerate(dict.fromkeys(t.group for t in done))}
-            groups_all = torch.tensor([gid[t.group] for t in done])
-            trained = self._trained(done, rewards)
-            logp_ref = self._reference_logp(done, trained)
+            gid = {g: n for n, g in enumerate(dict.fromkeys(t.group for t in ready))}
+            groups_all = torch.tensor([gid[t.group] for t in ready])
+            trained = self._trained(ready, rewards)
+            logp_ref = self._reference_logp(ready, trained)
             self.model.train()
             last: dict[str, float] = {}
             for _ in range(cfg.grad_steps):
-                for mb in self._minibatches(done, trained):
+                for mb in self._minibatches(ready, trained):
                     idx = torch.tensor(mb)
-                    logp = self._forward_logp([done[j] for j in mb])
+                    logp = self._forward_logp([ready[j] for j in mb])
                     loss, last = pmd_loss(logp, logp_ref[idx], r_all[idx], cfg.tau, group_ids=groups_all[idx])
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
                     self.optimizer.step()
-            by_prompt = defaultdict(list)
-            for t, ok in zip(done, correct):
-                by_prompt[t.prompt_id].append(ok)
-            for p, oks in by_prompt.items():
-                self.sampler.update(p, oks)
             record.update(
-                reward=sum(rewards) / len(rewards), accuracy=sum(correct) / len(correct),
-                mean_length=sum(len(t.tokens) for t in done) / len(done),
-                log_ratio=last.get("log_ratio_mean", 0.0),
+                reward=sum(rewards) / len(rewards), log_ratio=last.get("log_ratio_mean", 0.0),
                 log_ratio_rms=last.get("log_ratio_rms", 0.0), loss_pg=last.get("loss_pg", 0.0),
-                loss_kl=last.get("loss_kl", 0.0), reward_errors=errors,
-                segments_mean=sum(t.segments for t in done) / len(done), trained=len(trained),
+                loss_kl=last.get("loss_kl", 0.0), trained=len(trained),
             )
         else:
-            record.update(reward=0.0, accuracy=0.0, mean_length=0.0, log_ratio=0.0,
-                          log_ratio_rms=0.0, reward_errors=0)
+            record.update(reward=0.0, log_ratio=0.0, log_ratio_rms=0.0, trained=0)
         self._update_policy_average()
         self.iteration += 1
         return record
@@ -323,6 +344,7 @@ class RLTrainer:
                         "torch_rng": torch.get_rng_state(), "policy_average": self.policy_average},
             shared={"version": STATE_VERSION, "iteration": self.iteration,
                     "sampler": self.sampler.state_dict(), "buffer": self.buffer.state_dict(),
+                    "groups": self.groups.state_dict(),
                     "shuffle_rng": py_rng_state(self.shuffle_rng), "config": dataclasses.asdict(self.cfg)},
         )
         prune_checkpoints(self.ckpt_dir, keep_last=keep_last)
@@ -350,6 +372,8 @@ class RLTrainer:
         torch.set_rng_state(rank["torch_rng"])
         self.sampler.load_state_dict(shared["sampler"])
         self.buffer.load_state_dict(shared["buffer"])
+        if "groups" in shared:  # checkpoints before groups waited for their samples have none
+            self.groups.load_state_dict(shared["groups"])
         set_py_rng_state(self.shuffle_rng, shared["shuffle_rng"])
         self.iteration = int(shared["iteration"])
         return True

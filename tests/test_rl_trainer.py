@@ -154,3 +154,34 @@ def test_reference_logprobs_from_the_rollout_equal_a_forward_pass(partial_grad):
     records = trainer.train(progress=False)
     assert seen["rollout"] and seen["continued"], seen
     assert all(r["entropy"] > 0 for r in records)
+
+
+def test_rollouts_come_from_the_engine_it_is_given():
+    """A RolloutEngine is the one seam between the trainer and where samples come from (an inference
+    server at scale): an engine that delegates to the local sampler trains exactly as the default one,
+    and is told the new weights after each iteration that trained."""
+    from muonext.rl.engine import LocalSampler
+
+    tasks = [MathTask(p) for p in generate_problems(8, seed=0, difficulties=[1])]
+    cfg = RLConfig(iterations=3, prompts_per_iter=2, samples_per_prompt=2, max_new_tokens=12,
+                   sampling="uniform", grad_steps=1)
+    plain = RLTrainer(_model(), tasks, cfg).train(progress=False)
+
+    class Remote:
+        def __init__(self, model, generator, repeat):
+            self.inner, self.updates = LocalSampler(model, CharCodec().eos_id, generator, repeat), 0
+
+        def generate(self, requests, **kw):
+            return self.inner.generate(requests, **kw)
+
+        def update_weights(self, model):
+            self.updates += 1
+
+    model = _model()
+    trainer = RLTrainer(model, tasks, cfg)
+    trainer.engine = Remote(model, trainer.generator, trainer.repeat)
+    records = trainer.train(progress=False)
+    timing = ("rollout_tokens_per_s", "reward_seconds")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in records] == \
+        [{k: v for k, v in r.items() if k not in timing} for r in plain]
+    assert trainer.engine.updates == sum(r["trained"] > 0 for r in records) > 0

@@ -32,6 +32,8 @@ from .verify import answers_match, extract_answer, math_reward, parse_number, ve
 
 _LAZY = {
     "RLTrainer": ".trainer",
+    "RolloutEngine": ".engine",
+    "LocalSampler": ".engine",
     "Trajectory": ".rollout",
     "rollout": ".rollout",
     "Pipeline": ".pipeline",
@@ -55,6 +57,7 @@ __all__ = [
     "CodeTask",
     "CurriculumSchedule",
     "LengthPenalty",
+    "LocalSampler",
     "MathTask",
     "PartialRollout",
     "Pipeline",
@@ -67,6 +70,7 @@ __all__ = [
     "Repetition",
     "ReplayBuffer",
     "RewardResult",
+    "RolloutEngine",
     "SandboxLimits",
     "UnsupportedTestError",
     "Trajectory",

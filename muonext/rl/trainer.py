@@ -6,8 +6,9 @@ Per iteration i (`RLTrainer.step`):
  2. continue up to `max_continued` unfinished trajectories from the replay buffer (expired ones are
     dropped) and start `prompts_per_iter` new prompts × k samples, drawn by the `ProblemSampler`
     (curriculum and/or prioritized);
- 3. roll out one segment each (`rollout.py`): finished / repeat / truncated trajectories are scored,
-    partial ones go back to the buffer;
+ 3. roll out one segment each through the `RolloutEngine` (engine.py; by default this process's
+    sampler, rollout.py): finished / repeat / truncated trajectories are scored, partial ones go back to
+    the buffer;
  4. rewards: the task's verifier (1/0), `repeat_penalty` for degenerate ones, `truncation_reward` for
     ones that hit the length limit, scored when a trajectory finishes; it then waits (`groups.py`)
     until every sample of its group (prompt × launch iteration) has finished or been dropped, and the
@@ -56,7 +57,8 @@ from .length import LengthPenalty
 from .loss import pmd_loss, sequence_logprobs
 from .repeat import RepeatDetector
 from .replay import ReplayBuffer
-from .rollout import Trajectory, new_request, rollout
+from .engine import LocalSampler, RolloutEngine
+from .rollout import Trajectory, new_request
 from .sampling import CurriculumSchedule, ProblemSampler
 from .text_codec import CharCodec
 
@@ -95,6 +97,7 @@ class RLTrainer:
         codec: CharCodec | None = None,
         ckpt_dir: str | Path | None = None,
         log: Callable[[dict], None] | None = None,
+        engine: RolloutEngine | None = None,
     ) -> None:
         self.model, self.tasks, self.cfg = model, list(tasks), cfg
         self.codec = codec or CharCodec()
@@ -113,6 +116,9 @@ class RLTrainer:
         self.repeat = RepeatDetector(min_repeats=cfg.repeat_min_repeats, min_span=cfg.repeat_min_span,
                                      max_ngram=32, penalty=cfg.repeat_penalty)
         self.length = LengthPenalty(cfg.length_weight, cfg.length_warmup)
+        # where rollouts come from (engine.py): by default this process's model and sampler
+        self.engine = engine or LocalSampler(model, self.codec.eos_id, self.generator, self.repeat,
+                                             cfg.repeat_check_every)
         self.optimizer = make_optimizer(model, cfg)
         self.policy_average = (
             {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
@@ -224,11 +230,8 @@ class RLTrainer:
         requests, n_continued, expired = self._requests(i)
         for lost in expired:
             self.groups.drop(lost.meta["group"])
-        trajs, stats = rollout(
-            self.model, requests, eos_id=self.codec.eos_id, max_new_tokens=cfg.max_new_tokens,
-            segment_tokens=cfg.segment_tokens, temperature=cfg.temperature, generator=self.generator,
-            repeat=self.repeat, check_every=cfg.repeat_check_every,
-        )
+        trajs, stats = self.engine.generate(requests, max_new_tokens=cfg.max_new_tokens,
+                                            segment_tokens=cfg.segment_tokens, temperature=cfg.temperature)
         dropped = 0
         for t in trajs:
             if not t.done:
@@ -279,6 +282,7 @@ class RLTrainer:
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
                     self.optimizer.step()
+            self.engine.update_weights(self.model)
             record.update(
                 reward=sum(rewards) / len(rewards), log_ratio=last.get("log_ratio_mean", 0.0),
                 log_ratio_rms=last.get("log_ratio_rms", 0.0), loss_pg=last.get("loss_pg", 0.0),

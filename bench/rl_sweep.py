@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from muonext.rl.config import PipelineConfig
-from muonext.rl.pipeline import Pipeline, build_model
+from muonext.rl.pipeline import Pipeline
 from muonext.rl.stages import evaluate
 from muonext.rl.task_adapter import MathTask
 from muonext.rl.trainer import RLTrainer
@@ -58,7 +58,7 @@ def main() -> None:
     if args.start is None:
         model = pipe.load("sft")
     else:
-        model = build_model(cfg, pipe.codec)
+        model = pipe.data.new_model(cfg.seed)
         model.load_state_dict(load_checkpoint(args.start).model_state())
     tasks = [MathTask(q) for q in pipe.train_set if q.difficulty in levels]
     trainer = RLTrainer(model, tasks, cfg.rl.replace(**{"iterations": 10**9, **json.loads(args.rl)}), pipe.codec)

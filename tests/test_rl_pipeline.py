@@ -102,9 +102,7 @@ def test_sft_and_dpo_killed_mid_stage_resume_identically(tmp_path):
     pairs = [(a, b, b[: max(1, len(b) // 2)]) for a, b in data[:8]]
 
     def fresh():
-        torch.manual_seed(0)
-        from muonext.rl.pipeline import build_model
-        return build_model(cfg, p.codec)
+        return p.data.new_model(0)
 
     def run(kill, root):
         model, ref = fresh(), fresh()

@@ -149,6 +149,8 @@ class PipelineConfig:
     # every model is also scored by sampling this many responses per held-out problem at the RL
     # temperature (0: greedy only)
     eval_samples: int = 4
+    # user tasks without a difficulty: its level comes from the pass rate of this many samples (T = 1)
+    difficulty_samples: int = 8
     stage_checkpoint_every: int = 100  # steps between mid-stage checkpoints of SFT / DPO (resume points)
     seed: int = 0
 
@@ -159,7 +161,8 @@ class PipelineConfig:
         if not self.difficulties or min(self.difficulties) < 1:
             raise ValueError(f"PipelineConfig.difficulties must be levels >= 1, got {self.difficulties}")
         _positive(self, "n_train", "n_eval_per_difficulty", "sft_batch", "sft_lr", "shortest_sft_lr",
-                  "l2s_temperature", "l2s_samples", "l2s_prompts", "dpo_beta", "dpo_lr", "stage_checkpoint_every")
+                  "l2s_temperature", "l2s_samples", "l2s_prompts", "dpo_beta", "dpo_lr", "stage_checkpoint_every",
+                  "difficulty_samples")
         _non_negative(self, "sft_steps", "short_sft_steps", "shortest_sft_steps", "dpo_steps", "l2s_iterations",
                       "l2s_length_weight", "l2s_max_new_tokens", "l2s_lr", "eval_max_new_tokens",
                       "eval_samples")

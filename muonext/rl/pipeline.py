@@ -44,11 +44,19 @@ from muonext.train.metrics import git_revision, library_versions
 
 from .config import PipelineConfig
 from .long2short import merge_state_dicts
-from .stages import StepCheckpoints, dpo_train, evaluate, long2short_data, sample_responses, sft_train
+from .pipeline_data import PipelineData, synthetic_data
+from .stages import (
+    StepCheckpoints,
+    dpo_train,
+    evaluate,
+    is_correct,
+    long2short_data,
+    sample_responses,
+    sft_train,
+)
 from .task_adapter import MathTask
-from .tasks import Problem, generate_problems
-from .text_codec import CharCodec
 from .trainer import RLTrainer
+from .user_tasks import measure_difficulty
 
 STAGES = ("sft", "rl", "short_sft", "merge", "shortest_sft", "dpo", "l2s_rl", "eval")
 REQUIRED = ("stage", "iteration", "reward", "accuracy", "mean_length")
@@ -75,38 +83,21 @@ class MetricsFile:
         self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
 
-# ------------------------------------------------------------------------------------------ data
-def build_data(cfg: PipelineConfig) -> tuple[list[Problem], list[Problem]]:
-    """Training problems and a held-out set (no prompt in common), both fixed by `cfg.seed`."""
-    train = generate_problems(cfg.n_train, cfg.difficulties, cfg.seed)
-    seen = {p.prompt for p in train}
-    held: list[Problem] = []
-    for d in cfg.difficulties:
-        cand = generate_problems(cfg.n_eval_per_difficulty * 4, d, cfg.seed + 7919 * d)
-        held += [p for p in cand if p.prompt not in seen][: cfg.n_eval_per_difficulty]
-    return train, held
-
-
 def _config_dict(config: MoonlightConfig) -> dict[str, Any]:
     """A model config as the JSON a checkpoint stores (tuples become lists), for comparing."""
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
-def build_model(cfg: PipelineConfig, codec: CharCodec) -> MoonlightForCausalLM:
-    torch.manual_seed(cfg.seed)
-    mc = MoonlightConfig.preset(cfg.model_preset, **{"vocab_size": codec.vocab_size, **cfg.model_overrides})
-    return MoonlightForCausalLM(mc)
-
-
 # ------------------------------------------------------------------------------------------ pipeline
 class Pipeline:
     def __init__(self, cfg: PipelineConfig, out: str | os.PathLike, progress: bool = True,
-                 stop_after_rl_iteration: int | None = None) -> None:
+                 stop_after_rl_iteration: int | None = None, data: PipelineData | None = None) -> None:
         self.cfg, self.out, self.progress = cfg, Path(out), progress
         self.out.mkdir(parents=True, exist_ok=True)
-        self.codec = CharCodec()
+        self.data = data or synthetic_data(cfg)
+        self.codec = self.data.codec
         self.metrics = MetricsFile(self.out / "metrics.jsonl")
-        self.train_set, self.held_out = build_data(cfg)
+        self.train_set, self.held_out = self.data.train, self.data.held_out
         self.stop_after = stop_after_rl_iteration  # tests: simulate an interruption of the RL stage
         self.rl_max_new = cfg.rl.max_new_tokens
         self.eval_max_new = cfg.eval_max_new_tokens or self.rl_max_new
@@ -126,7 +117,7 @@ class Pipeline:
         done = self._done(stage)
         if done is None:
             raise FileNotFoundError(f"{self.out / stage}: stage {stage!r} has not finished")
-        model = build_model(self.cfg, self.codec)
+        model = self.data.new_model(self.cfg.seed)
         ckpt = load_checkpoint(self.out / stage / done["checkpoint"])
         saved, built = ckpt.shared.get("model_config"), _config_dict(model.config)
         if saved is not None and saved != built:  # older checkpoints did not record it
@@ -165,7 +156,8 @@ class Pipeline:
         (self.out / "run.json").write_text(json.dumps({
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_revision": git_revision(),
             "versions": library_versions(), "machine": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(), "config": dataclasses.asdict(self.cfg)}, indent=1, default=str))
+            "threads": torch.get_num_threads(), "config": dataclasses.asdict(self.cfg),
+            "data": self.data.description or "synthetic arithmetic"}, indent=1, default=str))
 
     def _progress(self, stage: str) -> tuple[StepCheckpoints, int]:
         """The mid-stage checkpoints of a step-loop stage and the step it resumes at (0: from the start)."""
@@ -185,14 +177,42 @@ class Pipeline:
                   progress=stage if self.progress else None, checkpoints=ckpts)
         self._finish(stage, model, steps, **info)
 
+    def _demonstrations(self, pairs: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+        return [(self.codec.prompt_ids(prompt), self.codec.response_ids(response)) for prompt, response in pairs]
+
     def stage_sft(self) -> None:
-        model = build_model(self.cfg, self.codec)
-        data = [(self.codec.prompt_ids(p.prompt), self.codec.response_ids(p.long_solution)) for p in self.train_set]
-        self._sft("sft", model, data, self.cfg.sft_steps)
+        model = self.data.new_model(self.cfg.seed)
+        if self.data.sft is None:  # no demonstrations: RL starts from the given model as it is
+            self._finish("sft", model, 0, skipped="no demonstrations (--sft)")
+            return
+        self._sft("sft", model, self._demonstrations(self.data.sft), self.cfg.sft_steps)
+
+    def _tasks(self, model: torch.nn.Module) -> list:
+        """The RL tasks; those without a difficulty get one measured on `model` (k1.5's model-based
+        difficulty: the pass rate of `difficulty_samples` samples at temperature 1), kept in
+        DIR/difficulty.json so a resumed run sees the same levels."""
+        tasks = [t if hasattr(t, "reward") else MathTask(t) for t in self.train_set]
+        unknown = [i for i, t in enumerate(tasks) if t.difficulty is None]
+        if not unknown:
+            return tasks
+        path = self.out / "difficulty.json"
+        if path.exists():
+            rates = json.loads(path.read_text())["pass_rates"]
+        else:
+            gen = torch.Generator().manual_seed(self.cfg.seed + 5)
+            k = self.cfg.difficulty_samples
+            drawn = sample_responses(model, [tasks[i] for i in unknown], self.codec, k, self.rl_max_new, 1.0, gen)
+            rates = [sum(is_correct(tasks[i], self.codec.decode(r)) for r in rs) / k
+                     for i, rs in zip(unknown, drawn)]
+            path.write_text(json.dumps({"pass_rates": rates, "samples": k}))
+        measured = measure_difficulty([tasks[i] for i in unknown], rates)
+        for i, task in zip(unknown, measured):
+            tasks[i] = task
+        return tasks
 
     def _rl(self, stage: str, start: str, rl_cfg) -> None:
         model = self.load(start)
-        tasks = [MathTask(p) for p in self.train_set]
+        tasks = self._tasks(model)
         trainer = RLTrainer(model, tasks, rl_cfg, self.codec, ckpt_dir=self.out / stage, log=self._log(stage))
         resumed = trainer.resume()
         self.metrics.drop(stage, trainer.iteration if resumed else 0)
@@ -209,15 +229,20 @@ class Pipeline:
 
     def stage_short_sft(self) -> None:
         model = self.load("rl")
-        data = [(self.codec.prompt_ids(p.prompt), self.codec.response_ids(p.short_solution)) for p in self.train_set]
-        self._sft("short_sft", model, data, self.cfg.short_sft_steps)
+        if self.data.short is None:
+            self._finish("short_sft", model, 0, skipped="no short demonstrations (--short-sft)")
+            return
+        self._sft("short_sft", model, self._demonstrations(self.data.short), self.cfg.short_sft_steps)
 
     def stage_merge(self) -> None:
+        if (self._done("short_sft") or {}).get("skipped"):
+            self._finish("merge", self.load("rl"), 0, skipped="no short model to merge with")
+            return
         long_m, short_m = self.load("rl"), self.load("short_sft")
         long_m.load_state_dict(merge_state_dicts(long_m.state_dict(), short_m.state_dict(), self.cfg.merge_ratio))
         self._finish("merge", long_m, 0, ratio=self.cfg.merge_ratio)
 
-    def _long_samples(self) -> tuple[list[Problem], list[list[list[int]]]]:
+    def _long_samples(self) -> tuple[list, list[list[list[int]]]]:
         """The long (RL) model's `l2s_samples` responses at `l2s_temperature` to the first `l2s_prompts`
         training problems: drawn once, kept in DIR/long_samples.json (token ids), shared by shortest rejection
         sampling and DPO."""
@@ -288,7 +313,7 @@ class Pipeline:
         self.metrics.drop("eval")
         results = {}
         for name in ("sft", "rl", "merge", "shortest_sft", "dpo", "l2s_rl", "short_sft"):
-            if self._done(name) is None:
+            if self._done(name) is None or self._done(name).get("skipped"):
                 continue
             res = evaluate(self.load(name), self.held_out, self.codec, self.eval_max_new,
                            samples=self.cfg.eval_samples, temperature=self.cfg.rl.temperature,

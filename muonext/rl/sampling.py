@@ -77,7 +77,8 @@ class CurriculumSchedule:
 class ProblemSampler:
     """Draws problem indices for an iteration and tracks per-problem success.
 
-    `difficulties[i]` is problem i's level. `sample(n, iteration)` returns n indices, distinct when the
+    `difficulties[i]` is problem i's level and `mix[i]` its mixing weight (default 1: the share of its
+    task file, `user_tasks.load_tasks`). `sample(n, iteration)` returns n indices, distinct when the
     pool allows (weighted sampling without replacement: the first draw has probability ∝ weight, later
     draws renormalise over what is left); ``replacement=True`` makes every draw ∝ weight.
     After scoring, `update(index, successes)` with that problem's sample outcomes.
@@ -92,6 +93,7 @@ class ProblemSampler:
         ema: float | None = 0.3,
         seed: int = 0,
         unseen: str = "level",
+        mix: Sequence[float] | None = None,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -104,6 +106,9 @@ class ProblemSampler:
         if ema is not None and not 0.0 < ema <= 1.0:
             raise ValueError(f"ema must be in (0, 1] or None (exact mean), got {ema}")
         self.difficulties = [int(d) for d in difficulties]
+        self.mix = [1.0] * len(self.difficulties) if mix is None else [float(m) for m in mix]
+        if len(self.mix) != len(self.difficulties) or not all(m > 0 for m in self.mix):
+            raise ValueError("mix must hold one positive weight per problem")
         self.strategy = strategy
         self.curriculum = curriculum or CurriculumSchedule(
             min_difficulty=min(self.difficulties), max_difficulty=max(self.difficulties)
@@ -146,9 +151,10 @@ class ProblemSampler:
         return levels.get(self.difficulties[index], 0.0)
 
     def weight(self, index: int, level_rates: dict[int, float] | None = None) -> float:
+        """The problem's mixing weight (its task file's share), times its priority when prioritized."""
         if "prioritized" not in self.strategy:
-            return 1.0
-        return max(self.priority_floor, 1.0 - self.success_rate(index, level_rates))
+            return self.mix[index]
+        return self.mix[index] * max(self.priority_floor, 1.0 - self.success_rate(index, level_rates))
 
     def sample(self, n: int, iteration: int, replacement: bool = False) -> list[int]:
         if n < 0:

@@ -1,5 +1,6 @@
 """Model-level steps of the pipeline: SFT on (prompt, response) pairs, greedy evaluation per difficulty,
-sampling k responses per prompt, and DPO. Each is a plain function of a model and data."""
+sampling k responses per prompt, and DPO. Each is a plain function of a model and data; "problems"
+are arithmetic `Problem`s or tasks with `.prompt`, `.difficulty` and `.reward(text)` (user tasks)."""
 
 from __future__ import annotations
 
@@ -147,6 +148,14 @@ def _bar(total: int, desc: str | None):
     return tqdm(total=total, desc=desc, leave=False)
 
 
+def is_correct(item, text: str) -> bool:
+    """Whether `text` solves `item`: a task (anything with `.reward(text)`, code rows included) or an
+    arithmetic `Problem` (the exact verifier)."""
+    if hasattr(item, "reward"):
+        return item.reward(text).correct
+    return verify(text, item.answer)
+
+
 def sample_responses(
     model: torch.nn.Module,
     problems: Sequence[Problem],
@@ -186,9 +195,9 @@ def evaluate(
     from a generator seeded with `seed`."""
     responses = sample_responses(model, problems, codec, 1, max_new_tokens, temperature=0.0)
     acc, lens, sampled, sampled_lens = defaultdict(list), defaultdict(list), defaultdict(list), defaultdict(list)
-    keys = [(str(p.difficulty), "all") for p in problems]
+    keys = [("all",) if p.difficulty is None else (str(p.difficulty), "all") for p in problems]
     for p, key, (toks,) in zip(problems, keys, responses):
-        ok = verify(codec.decode(toks), p.answer)
+        ok = is_correct(p, codec.decode(toks))
         for k in key:
             acc[k].append(ok)
             lens[k].append(len(toks))
@@ -197,7 +206,7 @@ def evaluate(
         drawn = sample_responses(model, problems, codec, samples, max_new_tokens, temperature, gen)
         for p, key, rs in zip(problems, keys, drawn):
             for k in key:
-                sampled[k] += [verify(codec.decode(r), p.answer) for r in rs]
+                sampled[k] += [is_correct(p, codec.decode(r)) for r in rs]
                 sampled_lens[k] += [len(r) for r in rs]
     out = {k: {"accuracy": sum(acc[k]) / len(acc[k]), "mean_length": sum(lens[k]) / len(lens[k]),
                "n": len(acc[k])} for k in acc}
@@ -266,7 +275,7 @@ def long2short_data(
     pairs, lengths, correct = [], [], []
     for p, rs in zip(problems, samples):
         ls = [len(r) for r in rs]
-        cs = [verify(codec.decode(r), p.answer) for r in rs]
+        cs = [is_correct(p, codec.decode(r)) for r in rs]
         lengths.append(ls)
         correct.append(cs)
         prompt = codec.prompt_ids(p.prompt)

@@ -56,3 +56,41 @@ class CharCodec:
     def response_ids(self, response: str) -> list[int]:
         """A reference response as the policy should emit it (ends with EOS)."""
         return [*self.encode(response), EOS]
+
+
+class TokenizerCodec:
+    """The codec of a user's model: its tokenizers `tokenizer.json` (what `train_moonlight.py` writes and
+    exports). Prompts are rendered as SFT renders them (muonext.data.sft), so a model fine-tuned on
+    demonstrations sees RL prompts in the same form:
+
+        <|user|>\\n{prompt}\\n<|assistant|>\\n{response}<EOS>
+    """
+
+    def __init__(self, path: str) -> None:
+        from muonext.data.tokenizer import eos_id, load_tokenizer
+
+        self.path = path
+        self.tokenizer = load_tokenizer(path)
+        self.eos_id = eos_id(self.tokenizer, path)
+        pad = self.tokenizer.token_to_id("<|pad|>")
+        self.pad_id = self.eos_id if pad is None else pad
+        self.bos_id = self.eos_id
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        ids = list(ids)
+        if self.eos_id in ids:
+            ids = ids[: ids.index(self.eos_id)]
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        return self.encode(f"<|user|>\n{prompt}\n<|assistant|>\n")
+
+    def response_ids(self, response: str) -> list[int]:
+        return [*self.encode(response), self.eos_id]

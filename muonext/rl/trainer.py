@@ -52,12 +52,12 @@ from muonext.train.checkpoint import (
 )
 
 from .config import RLConfig
+from .engine import LocalSampler, RolloutEngine
 from .groups import GroupTracker
 from .length import LengthPenalty
 from .loss import pmd_loss, sequence_logprobs
 from .repeat import RepeatDetector
 from .replay import ReplayBuffer
-from .engine import LocalSampler, RolloutEngine
 from .rollout import Trajectory, new_request
 from .sampling import CurriculumSchedule, ProblemSampler
 from .text_codec import CharCodec
@@ -107,7 +107,7 @@ class RLTrainer:
         self.sampler = ProblemSampler(
             levels, strategy=cfg.sampling,
             curriculum=CurriculumSchedule(min(levels), max(levels), ramp_iters=cfg.curriculum_ramp),
-            seed=cfg.seed, unseen=cfg.sampling_unseen,
+            seed=cfg.seed, unseen=cfg.sampling_unseen, mix=[getattr(t, "weight", 1.0) for t in self.tasks],
         )
         self.buffer = ReplayBuffer(cfg.buffer_capacity, cfg.buffer_max_age)
         self.groups = GroupTracker()

@@ -2,6 +2,8 @@
 stop training; group-whole minibatches; the optimizer reset; the policy's moving average; log π_i from
 the rollout."""
 
+import math
+
 import pytest
 import torch
 
@@ -127,13 +129,15 @@ def test_resume_refuses_a_checkpoint_written_with_another_policy_average(tmp_pat
         RLTrainer(_model(), tasks, cfg.replace(policy_ema=0.5), ckpt_dir=tmp_path).resume()
 
 
+@pytest.mark.parametrize("scoring", ["one", "sampling"])
 @pytest.mark.parametrize("partial_grad", ["all", "last_segment"])
-def test_reference_logprobs_from_the_rollout_equal_a_forward_pass(partial_grad):
+def test_reference_logprobs_from_the_rollout_equal_a_forward_pass(partial_grad, scoring):
     # 12-token segments of up to 24 tokens: continued trajectories finish with earlier segments, which
     # "all" scores by a forward pass; T = 3 so that tempered log-probs would not pass for π_i's
     tasks = [_ParityTask(f"{i} + 1 = ?") for i in range(4)]
     cfg = RLConfig(iterations=4, prompts_per_iter=2, samples_per_prompt=4, max_new_tokens=24, segment_tokens=12,
-                   sampling="uniform", lr=3e-2, temperature=3.0, truncation_reward=0.5, partial_grad=partial_grad)
+                   sampling="uniform", lr=3e-2, temperature=3.0, truncation_reward=0.5, partial_grad=partial_grad,
+                   logprob_temperature=scoring)
     trainer = RLTrainer(_model(), tasks, cfg)
     seen = {"rollout": 0, "continued": 0}
     from_rollout = trainer._reference_logp
@@ -185,3 +189,23 @@ def test_rollouts_come_from_the_engine_it_is_given():
     assert [{k: v for k, v in r.items() if k not in timing} for r in records] == \
         [{k: v for k, v in r.items() if k not in timing} for r in plain]
     assert trainer.engine.updates == sum(r["trained"] > 0 for r in records) > 0
+
+
+def test_sampling_temperature_log_probs_are_those_of_the_distribution_sampled_from():
+    """With logprob_temperature="sampling" the recorded log-probs are the sampled distribution's: the
+    empirical frequencies of 6000 draws of the first token at T = 0.5 match exp(recorded log-prob)."""
+    from muonext.models.generation import generate
+
+    model = _model()
+    prompt = CharCodec().prompt_ids("7 + 5 = ?")
+    gen = torch.Generator().manual_seed(0)
+    res = generate(model, [prompt] * 6000, 1, temperature=0.5, generator=gen, logprob_temperature=0.5)
+    firsts = [t[0] for t in res.tokens]
+    for token in sorted(set(firsts), key=firsts.count, reverse=True)[:3]:
+        p = math.exp(res.logprobs[firsts.index(token)][0])
+        freq = firsts.count(token) / len(firsts)
+        assert abs(freq - p) < 4 * math.sqrt(p * (1 - p) / len(firsts)) + 1e-3, (token, freq, p)
+    at_one = generate(model, [prompt], 1, temperature=0.5, generator=torch.Generator().manual_seed(0))
+    tempered = generate(model, [prompt], 1, temperature=0.5, generator=torch.Generator().manual_seed(0),
+                        logprob_temperature=0.5)
+    assert at_one.tokens == tempered.tokens and at_one.logprobs != tempered.logprobs

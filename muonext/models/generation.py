@@ -16,8 +16,9 @@ Legend: B active sequences, L layers, S cache slots, Lat = kv_lora_rank + qk_rop
   instead: `generate(model, [prompt + tokens, ...], ...)` recomputes the cache from the tokens.
 
 `result.tokens[i]` is every token generated for sequence i since its prompt (across continuations);
-`result.logprobs[i]` their log-probabilities under the model (temperature 1, before top-k/top-p), and
-`result.entropies[i]` the entropy (nats) of each distribution they were drawn from, also at temperature 1:
+`result.logprobs[i]` their log-probabilities under the model (at `logprob_temperature`: 1, the model's own
+distribution, by default, or the sampling temperature; before top-k/top-p), and `result.entropies[i]` the
+entropy (nats) of each of those distributions:
 an RL trainer needs both of the policy that sampled, and they cost one (B, V) pass per step here against a
 full forward pass later.
 """
@@ -120,6 +121,7 @@ def generate(
     generator: torch.Generator | None = None,
     state: GenerationState | None = None,
     absorb: bool = True,
+    logprob_temperature: float = 1.0,
 ) -> GenerationResult:
     """Sample up to `max_new_tokens` (per call; an int or one per sequence) tokens for each prompt.
 
@@ -131,15 +133,15 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        return _generate(
-            model, prompts, max_new_tokens, temperature, top_k, top_p, stop_tokens, generator, state, absorb
-        )
+        return _generate(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_tokens, generator,
+                         state, absorb, logprob_temperature)
     finally:
         model.train(was_training)
 
 
 def _generate(
-    model, prompts, max_new_tokens, temperature, top_k, top_p, stop_tokens, generator, state, absorb
+    model, prompts, max_new_tokens, temperature, top_k, top_p, stop_tokens, generator, state, absorb,
+    logprob_temperature=1.0,
 ):
     p0 = next(model.parameters())
     device, dtype = p0.device, p0.dtype
@@ -156,6 +158,8 @@ def _generate(
     def pick_and_record(st: GenerationState, logits_BV: torch.Tensor) -> torch.Tensor:
         # log-softmax of the picked token only: logit − logsumexp (no (B, V) log-softmax tensor)
         logits = logits_BV.to(torch.promote_types(logits_BV.dtype, torch.float32))
+        if logprob_temperature != 1.0:  # record the tempered distribution's log-probs and entropy
+            logits = logits / logprob_temperature
         lse, best = ops.logsumexp_argmax(logits)
         tok = best if temperature == 0.0 else sample_next(logits_BV, temperature, top_k, top_p, generator)
         lp = logits.gather(-1, tok.unsqueeze(-1)).squeeze(-1) - lse

@@ -69,6 +69,9 @@ class RLConfig:
     # forward pass. In float32 on a CPU the two differ by about 2e-5 nats on a 500-token response
     # (bench/RESULTS.md, RL run 13); the forward pass was a quarter of an iteration's time
     reference_logprobs: str = "rollout"
+    # the distribution log π and log π_i are scored under: "one" the model's own (temperature 1, the
+    # default, as k1.5's formulation), "sampling" the tempered one rollouts are drawn from (logits / T)
+    logprob_temperature: str = "one"
     max_grad_norm: float = 1.0
     # The run hands on an exponential moving average of the policy's weights, updated after every
     # iteration with this decay (0: the last policy). Rollouts and gradient steps use the live policy; the
@@ -92,6 +95,9 @@ class RLConfig:
                       "length_warmup", "curriculum_ramp", "temperature", "repeat_min_span")
         if self.optimizer not in ("muon", "adamw"):
             raise ValueError(f"RLConfig.optimizer must be 'muon' or 'adamw', got {self.optimizer!r}")
+        if self.logprob_temperature not in ("one", "sampling"):
+            raise ValueError(f"RLConfig.logprob_temperature must be 'one' or 'sampling', got "
+                             f"{self.logprob_temperature!r}")
         if self.reference_logprobs not in REFERENCE_LOGPROBS:
             raise ValueError(f"RLConfig.reference_logprobs must be one of {REFERENCE_LOGPROBS}, "
                              f"got {self.reference_logprobs!r}")
@@ -161,8 +167,8 @@ class PipelineConfig:
         if not self.difficulties or min(self.difficulties) < 1:
             raise ValueError(f"PipelineConfig.difficulties must be levels >= 1, got {self.difficulties}")
         _positive(self, "n_train", "n_eval_per_difficulty", "sft_batch", "sft_lr", "shortest_sft_lr",
-                  "l2s_temperature", "l2s_samples", "l2s_prompts", "dpo_beta", "dpo_lr", "stage_checkpoint_every",
-                  "difficulty_samples")
+                  "l2s_temperature", "l2s_samples", "l2s_prompts", "dpo_beta", "dpo_lr",
+                  "stage_checkpoint_every", "difficulty_samples")
         _non_negative(self, "sft_steps", "short_sft_steps", "shortest_sft_steps", "dpo_steps", "l2s_iterations",
                       "l2s_length_weight", "l2s_max_new_tokens", "l2s_lr", "eval_max_new_tokens",
                       "eval_samples")

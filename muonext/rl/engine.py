@@ -10,8 +10,9 @@ trainer.
 
 What an engine must return per request (a `rollout.Trajectory`): all generated tokens (EOS included when
 finished), where this segment started, the status (finished / repeat / truncated / partial) and the
-log-probs of this segment's tokens under the policy that sampled them, at temperature 1 — the trainer
-takes log π_i from them (RLConfig.reference_logprobs="rollout").
+log-probs of this segment's tokens under the policy that sampled them, at the temperature the trainer
+scores at (`logprob_temperature`) — the trainer takes log π_i from them
+(RLConfig.reference_logprobs="rollout").
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ __all__ = ["LocalSampler", "RolloutEngine"]
 
 class RolloutEngine(Protocol):
     def generate(self, requests: Sequence[PartialRollout], *, max_new_tokens: int, segment_tokens: int,
-                 temperature: float) -> tuple[list[Trajectory], RolloutStats]:
-        """Advance every request by at most one segment (same order as `requests`)."""
+                 temperature: float, logprob_temperature: float = 1.0
+                 ) -> tuple[list[Trajectory], RolloutStats]:
+        """Advance every request by at most one segment (same order as `requests`); the log-probs at
+        `logprob_temperature`."""
         ...
 
     def update_weights(self, model: torch.nn.Module) -> None:
@@ -48,10 +51,12 @@ class LocalSampler:
         self.repeat, self.check_every = repeat, check_every
 
     def generate(self, requests: Sequence[PartialRollout], *, max_new_tokens: int, segment_tokens: int,
-                 temperature: float) -> tuple[list[Trajectory], RolloutStats]:
+                 temperature: float, logprob_temperature: float = 1.0
+                 ) -> tuple[list[Trajectory], RolloutStats]:
         return rollout(self.model, requests, eos_id=self.eos_id, max_new_tokens=max_new_tokens,
                        segment_tokens=segment_tokens, temperature=temperature, generator=self.generator,
-                       repeat=self.repeat, check_every=self.check_every)
+                       repeat=self.repeat, check_every=self.check_every,
+                       logprob_temperature=logprob_temperature)
 
     def update_weights(self, model: torch.nn.Module) -> None:
         if model is not self.model:

@@ -26,7 +26,7 @@ Which tokens take gradient for a trajectory that spans iterations (RLConfig.part
   loss). Exactly on-policy, at the cost of signal on the earlier tokens.
 
 Each trajectory keeps the log-probs of this iteration's segment under the policy that sampled it (π_i,
-at temperature 1): the trainer takes log π_i of those tokens from them instead of a forward pass
+at `logprob_temperature`: 1, or the sampling temperature with RLConfig.logprob_temperature="sampling"): the trainer takes log π_i of those tokens from them instead of a forward pass
 (RLConfig.reference_logprobs). `RolloutStats.entropy` is the mean entropy of the policy's distributions
 over every token generated in the call.
 """
@@ -112,6 +112,7 @@ def rollout(
     generator: torch.Generator | None = None,
     repeat: RepeatDetector | None = None,
     check_every: int = 16,
+    logprob_temperature: float = 1.0,
 ) -> tuple[list[Trajectory], RolloutStats]:
     """Advance every request by one segment; returns the trajectories (same order) and timing."""
     if not requests:
@@ -127,7 +128,7 @@ def rollout(
     step = max(1, check_every) if repeat is not None else max(remaining)
     t0 = time.perf_counter()
     result = generate(model, inputs, [min(step, n) for n in remaining], temperature=temperature,
-                      stop_tokens=[eos_id], generator=generator)
+                      stop_tokens=[eos_id], generator=generator, logprob_temperature=logprob_temperature)
     while True:
         st = result.state
         keep = []
@@ -144,7 +145,7 @@ def rollout(
         st = select_rows(st, torch.tensor(keep, dtype=torch.long))
         budgets = [max(1, min(step, remaining[r] - len(result.tokens[r]))) for r in range(len(requests))]
         result = generate(model, state=st, max_new_tokens=budgets, temperature=temperature,
-                          stop_tokens=[eos_id], generator=generator)
+                          stop_tokens=[eos_id], generator=generator, logprob_temperature=logprob_temperature)
     seconds = time.perf_counter() - t0
     out = []
     for i, r in enumerate(requests):

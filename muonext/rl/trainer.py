@@ -170,18 +170,26 @@ class RLTrainer:
         return rewards
 
     # ------------------------------------------------------------------------------------- one step
+    @property
+    def _score_temperature(self) -> float:
+        """The temperature log π and log π_i are taken at (RLConfig.logprob_temperature)."""
+        return self.cfg.temperature if self.cfg.logprob_temperature == "sampling" else 1.0
+
     def _forward_logp(self, trajs: Sequence[Trajectory]) -> torch.Tensor:
         tokens, attn, mask = batch_tensors(trajs, self.codec.pad_id, self.cfg.partial_grad == "last_segment")
-        return sequence_logprobs(self.model(tokens, attention_mask=attn).logits, tokens, mask)
+        logits = self.model(tokens, attention_mask=attn).logits
+        if self._score_temperature != 1.0:
+            logits = logits.float() / self._score_temperature
+        return sequence_logprobs(logits, tokens, mask)
 
     @torch.no_grad()
     def _reference_logp(self, done: list[Trajectory], trained: Sequence[int]) -> torch.Tensor:
         """(len(done),) log π_i(y|x) of the trained responses (NaN elsewhere), before any gradient step.
 
         With `reference_logprobs="rollout"`, a response whose scored tokens were all sampled in this
-        iteration sums the log-probs the sampler recorded (π_i's own, at temperature 1); the others (earlier
-        segments scored under partial_grad "all", responses that waited for their group) and every
-        response with "forward" take a forward pass.
+        iteration sums the log-probs the sampler recorded (π_i's own, at the scoring temperature); the
+        others (earlier segments scored under partial_grad "all", responses that waited for their group)
+        and every response with "forward" take a forward pass.
         """
         ref = torch.full((len(done),), float("nan"))
         from_rollout = self.cfg.reference_logprobs == "rollout"
@@ -231,7 +239,8 @@ class RLTrainer:
         for lost in expired:
             self.groups.drop(lost.meta["group"])
         trajs, stats = self.engine.generate(requests, max_new_tokens=cfg.max_new_tokens,
-                                            segment_tokens=cfg.segment_tokens, temperature=cfg.temperature)
+                                            segment_tokens=cfg.segment_tokens, temperature=cfg.temperature,
+                                            logprob_temperature=self._score_temperature)
         dropped = 0
         for t in trajs:
             if not t.done:

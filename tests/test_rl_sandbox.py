@@ -8,10 +8,8 @@ capabilities and as a plain user.
 
 import os
 import shutil
-import socket
 import tempfile
 import textwrap
-import threading
 import time
 
 import pytest

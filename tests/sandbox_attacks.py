@@ -188,11 +188,18 @@ def _run(kind: str, code: str, tests, timeout_s: float = 10.0):
 
 
 def _other_sandbox() -> dict:
-    """Sandbox A writes a secret into its work directory and waits; once the secret is there (seen from
-    outside), sandbox B searches the temporary root for other sandboxes' files while A still runs.
+    """Sandbox A writes a secret into its work directory and holds it until released (a file the host puts
+    into A's work directory once B is done; no fixed sleep, so a slow machine cannot end A early); while
+    A holds it, sandbox B searches the temporary root for other sandboxes' files.
     A must pass; B must find nothing; `overlapped` says B ran while A's secret existed."""
     root = tempfile.gettempdir()
-    writer = "import time\nopen('secret.txt', 'w').write('the secret of A')\ntime.sleep(8)\n"
+    writer = textwrap.dedent("""
+        import os, time
+        open('secret.txt', 'w').write('the secret of A')
+        deadline = time.monotonic() + 100
+        while not os.path.exists('release') and time.monotonic() < deadline:
+            time.sleep(0.05)
+        """)
     reader = textwrap.dedent(f"""
         import glob
         def f():
@@ -206,14 +213,19 @@ def _other_sandbox() -> dict:
         """)
     out = {}
     thread = threading.Thread(
-        target=lambda: out.update(writer=run_code_tests(writer, "assert True\n", timeout_s=30))
+        target=lambda: out.update(writer=run_code_tests(writer, "assert True\n", timeout_s=120))
     )
     thread.start()
-    deadline = time.monotonic() + 25
-    while not glob.glob(f"{root}/{TEMP_PREFIX}*/work/secret.txt") and time.monotonic() < deadline:
+    deadline = time.monotonic() + 60
+    secrets = []
+    while not secrets and time.monotonic() < deadline:
         time.sleep(0.05)
-    out["reader"] = run_code_tests(reader, "assert f() == []\n", timeout_s=10)
-    out["overlapped"] = thread.is_alive() and bool(glob.glob(f"{root}/{TEMP_PREFIX}*/work/secret.txt"))
+        secrets = glob.glob(f"{root}/{TEMP_PREFIX}*/work/secret.txt")
+    out["reader"] = run_code_tests(reader, "assert f() == []\n", timeout_s=30)
+    out["overlapped"] = thread.is_alive() and bool(secrets) and all(os.path.exists(p) for p in secrets)
+    for path in secrets:
+        with open(os.path.join(os.path.dirname(path), "release"), "w"):
+            pass
     thread.join()
     return out
 

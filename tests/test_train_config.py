@@ -29,6 +29,8 @@ from muonext.train.schedule import lr_factor
     ("export", 1, "must be of type bool"),
     ("vocab_size", 100, "must be >= 300"),
     ("device", "tpu", "must be auto, cpu, cuda or cuda:N"),
+    ("qk_clip", -1.0, "must be a finite number >= 0"),
+    ("qk_clip", float("inf"), "must be a finite number >= 0"),
 ])
 def test_validation_names_the_field(field, value, why):
     with pytest.raises(ValueError, match=rf"TrainConfig\.{field} {why}"):
@@ -73,6 +75,7 @@ def test_every_field_has_a_flag():
     (["--lr", "-1"], "lr"),
     (["--max-steps", "ten"], "max_steps"),
     (["--sft", "/no/such.jsonl"], "sft"),
+    (["--qk-clip", "-5"], "qk_clip"),
 ])
 def test_cli_errors_name_the_field(argv, field, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -22,6 +22,7 @@ from torch import nn
 from .. import ops
 from .config import MoonlightConfig
 from .layers import Linear, RMSNorm, fast_cpu_path
+from .max_logits import MaxLogitRecorder
 from .rope import apply_rope, attention_softmax_scale
 
 
@@ -53,6 +54,8 @@ class MLAttention(nn.Module):
         self.kv_b_proj = Linear(c.kv_lora_rank, H * (c.qk_nope_head_dim + c.v_head_dim), bias=False)
         self.o_proj = Linear(H * c.v_head_dim, c.hidden_size, bias=c.attention_bias)
         self.scaling = attention_softmax_scale(c)
+        # set by QKClip: the per-head max logit of training forwards is recorded (off: no cost)
+        self.logit_recorder: MaxLogitRecorder | None = None
 
     # ------------------------------------------------------------------ shared pieces
     def _query(self, x_BTD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
@@ -104,6 +107,8 @@ class MLAttention(nn.Module):
         latent = self.latent(x_BTD, cos, sin)
         k_BHTQ, v_BHTV = self._expand(latent)
         q_BHTQ = torch.cat((q_nope, q_rope), dim=-1).transpose(1, 2)
+        if self.logit_recorder is not None and self.training:
+            self.logit_recorder.update(q_BHTQ, k_BHTQ, self.scaling, attn_mask, is_causal=attn_mask is None)
         o_BHTV = F.scaled_dot_product_attention(
             q_BHTQ,
             k_BHTQ,

@@ -47,6 +47,8 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)  # AdamW (and the AdamW part of Muon)
     momentum: float = 0.95  # Muon
     ns_dtype: str = "bf16"  # Newton–Schulz precision: bf16 | fp32
+    qk_clip: float = 0.0  # QK-clip τ: after each step, scale q/k of heads whose max logit is > τ; 0 = off
+    log_max_logits: bool = False  # log each layer's max attention logit even without qk_clip
     muon_mode: str = "gather"  # DistributedMuon (replicated model, dp_shard 1): gather (the paper) | owner
     # parallelism (torchrun): processes = dp_replicate × dp_shard; ep is carved out of dp_shard
     dp_replicate: int = 1  # replicas: DDP when dp_shard is 1, else HSDP (replicas of a sharded model)
@@ -106,7 +108,7 @@ class TrainConfig:
             _fail("vocab_size", "must be >= 300 (256 bytes + special tokens + merges)", self.vocab_size)
         if self.max_corpus_bytes is not None and self.max_corpus_bytes <= 0:
             _fail("max_corpus_bytes", "must be > 0 or None", self.max_corpus_bytes)
-        for name in ("lr", "grad_clip", "weight_decay", "bias_update_rate"):
+        for name in ("lr", "grad_clip", "weight_decay", "bias_update_rate", "qk_clip"):
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0 or (name == "lr" and v == 0):
                 _fail(name, "must be a finite number " + ("> 0" if name == "lr" else ">= 0"), v)

@@ -1,4 +1,5 @@
-"""PNG plots of a run's metrics.jsonl: loss (+ validation), lr, update RMS per kind, expert load.
+"""PNG plots of a run's metrics.jsonl: loss (+ validation), lr, update RMS per kind, expert load, and the
+max attention logit per layer when it was recorded (--qk-clip / --log-max-logits), with τ.
 
 Written at the end of training and on demand:  python -m muonext.train.plots RUN_DIR
 """
@@ -6,6 +7,7 @@ Written at the end of training and on demand:  python -m muonext.train.plots RUN
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
@@ -18,7 +20,8 @@ def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 
 def write_plots(out: str | os.PathLike) -> list[Path]:
-    """Write loss.png, lr.png, update_rms.png, expert_load.png into `out`; returns the files written."""
+    """Write loss.png, lr.png, update_rms.png, expert_load.png (and max_logit.png) into `out`; returns the
+    files written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -34,6 +37,9 @@ def write_plots(out: str | os.PathLike) -> list[Path]:
         "update_rms": sorted({k for r in records for k in r if k.startswith("update_rms/")}),
         "expert_load": ["expert_load/max_over_mean", "expert_load/maxvio"],
     }
+    logit_keys = sorted({k for r in records for k in r if k.startswith("attn/max_logit/")})
+    if logit_keys:
+        prefixes["max_logit"] = logit_keys
     written = []
     for name, keys in prefixes.items():
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -47,6 +53,11 @@ def write_plots(out: str | os.PathLike) -> list[Path]:
             ax.text(0.5, 0.5, f"no {name} data", ha="center", va="center", transform=ax.transAxes)
         if name == "loss" and drawn:
             ax.set_ylabel("cross-entropy (nats/token)")
+        if name == "max_logit":
+            ax.set_ylabel("max pre-softmax logit over heads")
+            tau = _qk_clip_threshold(out)
+            if tau:
+                ax.axhline(tau, color="k", linestyle="--", linewidth=1, label=f"QK-clip τ = {tau:g}")
         ax.set_xlabel("step")
         ax.set_title(name.replace("_", " "))
         if drawn:
@@ -58,6 +69,13 @@ def write_plots(out: str | os.PathLike) -> list[Path]:
         plt.close(fig)
         written.append(path)
     return written
+
+
+def _qk_clip_threshold(out: Path) -> float:
+    try:
+        return float(json.loads((out / "run.json").read_text())["config"].get("qk_clip", 0.0))
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from ..data.loader import Loader, eval_batches, shard_rows
 from ..data.sft import IGNORE
 from ..models import MoonlightForCausalLM, generate, save_pretrained
-from ..optim import DistributedMuon, Muon, to_muon_state_dict
+from ..optim import DistributedMuon, Muon, QKClip, to_muon_state_dict
 from ..parallel import full_state_dict, materialize, parallelize_moonlight
 from ..parallel.norms import clip_grad_norm_, squared_sums
 from .build import build_data, build_model, build_optimizer, model_config_dict
@@ -43,7 +43,7 @@ from .schedule import lr_factor, set_lr
 
 # settings that a resumed run must share with the original to continue it exactly
 RESUME_FIELDS = ("model", "data", "sft", "seq_len", "batch_size", "grad_accum", "seed", "max_corpus_bytes",
-                 "val_fraction", "precision", "ns_dtype")
+                 "val_fraction", "precision", "ns_dtype", "qk_clip")
 
 
 @dataclass
@@ -77,6 +77,9 @@ class Trainer:
         self._keep_tokenizer()
         self.model = self._build_model(ck.shared["model_config"] if ck else None)
         self.optimizer = build_optimizer(cfg, self.model, rt)
+        self.qk_clip = None
+        if cfg.qk_clip > 0 or cfg.log_max_logits:  # math.inf: record and log, never clip
+            self.qk_clip = QKClip(self.model, cfg.qk_clip if cfg.qk_clip > 0 else math.inf)
         # DDP averages gradients over ranks; the loss is scaled for a sum (what FSDP2 is set to do)
         self.loss_scale = float(rt.world_size) if rt.distributed and not rt.sharded else 1.0
         self.loader = Loader(self.data.train, cfg.batch_size, cfg.seed)
@@ -233,12 +236,13 @@ class Trainer:
         before = self._snapshot_for_rms() if detailed else None
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        logit_stats = self._clip_logits() if self.qk_clip is not None else {}
         loads = rt.all_reduce_sum(self.model.expert_loads(accumulated=True).to(rt.device))
         load_stats = self.model.update_router_bias(cfg.bias_update_rate, loads.cpu())
         self.step += 1
         self.tokens_seen += cfg.batch_size * cfg.seq_len * cfg.grad_accum
         rec = {"step": self.step, "loss": float(rt.all_reduce_sum(loss_sum)) / n_global, "lr": lr,
-               "grad_norm": float(grad_norm), "tokens": self.tokens_seen}
+               "grad_norm": float(grad_norm), "tokens": self.tokens_seen, **logit_stats}
         if detailed:
             rec.update(self._update_rms(before, lr))
             rec.update(weight_rms_by_kind(self.model))
@@ -247,6 +251,15 @@ class Trainer:
             rec["expert_load/max_over_mean"] = max(layer_max)
             rec["expert_load/maxvio"] = load_stats["moe/maxvio"]
         return rec
+
+    def _clip_logits(self) -> dict[str, float]:
+        """QK-clip after the step; the max logit seen in this step's forwards (before the clip) per layer."""
+        clipped = self.qk_clip.step()
+        layer_max = self.qk_clip.layer_max()
+        stats = {f"attn/max_logit/layer{name.split('.')[-2]}": v for name, v in layer_max.items()}
+        if layer_max:
+            stats["attn/max_logit"] = max(layer_max.values())
+        return {**stats, "attn/clipped_heads": clipped}
 
     def _snapshot_for_rms(self):
         """AdamW has no `update_rms`: keep the weights to recover its lr-free update from the change."""

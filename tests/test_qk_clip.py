@@ -341,3 +341,27 @@ def test_qk_norm_attention_is_refused():
     )
     with pytest.raises(ValueError, match="q_norm"):
         QKClip(Qwen3ForCausalLM(cfg))
+
+
+def test_bf16_autocast_clip_on_each_device(device):
+    """Training under bf16 autocast: q and k arrive in bf16, the maxima are taken in fp32 and the clip
+    brings the clipped heads to τ within bf16 rounding of q and k (2^-8 each)."""
+    torch.manual_seed(0)
+    model = MoonlightForCausalLM(MoonlightConfig.preset("debug")).to(device).train()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            w = layer.self_attn.q_b_proj.weight
+            w.view(2, -1, w.shape[1]).mul_(torch.tensor([40.0, 0.2], device=device).view(2, 1, 1))
+    clip = QKClip(model, threshold=0.5)
+    ids = torch.randint(0, 512, (2, 16), device=device)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        model(ids)
+    first = {n: m.logit_recorder.value.clone() for n, m, _ in clip.layers}
+    assert all(v.dtype == torch.float32 and v.device.type == device.type for v in first.values())
+    assert clip.step() == 2  # head 0 of both layers
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        model(ids)
+    for name, m, _ in clip.layers:
+        again = m.logit_recorder.value
+        assert float(again[0]) == pytest.approx(0.5, rel=2e-2)
+        assert float(again[1]) == pytest.approx(float(first[name][1]), rel=2e-2)

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from ..models.attention import MLAttention
 from ..models.max_logits import MaxLogitRecorder
 from . import qk_record_hf
+from .dtensor_params import local
 from .qk_heads import MLAHeads, PlainHeads
 
 __all__ = ["QKClip"]
@@ -109,8 +110,7 @@ class QKClip:
 
 
 def _device(module: nn.Module) -> torch.device:
-    p = next(module.parameters())
-    return p.to_local().device if hasattr(p, "to_local") else p.device
+    return local(next(module.parameters())).device
 
 
 def _hf_roots(model: nn.Module) -> list[nn.Module]:

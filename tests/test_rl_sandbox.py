@@ -8,6 +8,7 @@ capabilities and as a plain user.
 
 import os
 import shutil
+import subprocess
 import tempfile
 import textwrap
 import time
@@ -287,3 +288,27 @@ def test_private_tmpdir_falls_back_to_a_reachable_one(monkeypatch):
         assert os.listdir(private) == []
     finally:
         shutil.rmtree(private)
+
+
+def test_a_fork_that_fails_for_a_while_is_retried(monkeypatch):
+    """EAGAIN from fork (process slots still held by a killed bomb's namespace) delays a sandbox's
+    start instead of failing it; past FORK_RETRY_S the error is raised."""
+    real, failures = subprocess.Popen, []
+
+    def flaky(*args, **kw):
+        if len(failures) < 3:
+            failures.append(1)
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(subprocess, "Popen", flaky)
+    r = run("print('ok')\n", "assert True\n")
+    assert r.passed and len(failures) == 3, r
+
+    def never(*args, **kw):
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(subprocess, "Popen", never)
+    monkeypatch.setattr(sandbox, "FORK_RETRY_S", 0.3)
+    with pytest.raises(BlockingIOError):
+        run("print('ok')\n", "assert True\n")

@@ -72,6 +72,7 @@ _CHILD = Path(__file__).with_name("_sandbox_child.py")
 _TAIL = 4000  # characters of stdout/stderr kept in the result
 MAX_RESULT_BYTES = 16 * 2**20  # of messages from the child; past it the run is cut short
 NOBODY = 65534
+FORK_RETRY_S = 10.0  # how long starting a sandbox retries a fork that fails with EAGAIN
 TEMP_PREFIX = "muonext-sbx-"
 
 
@@ -223,7 +224,7 @@ def _sandbox(code: str, job: dict, timeout_s: float, limits: SandboxLimits) -> _
             },
         }
         with open(outer / "stdout", "wb") as out, open(outer / "stderr", "wb") as err:
-            proc = subprocess.Popen(
+            proc = _start_child(
                 [sys.executable, "-I", "-S", str(_CHILD)],
                 stdin=subprocess.PIPE,
                 stdout=out,
@@ -309,6 +310,21 @@ def run_stdio_tests(code: str, cases: list[dict], timeout_s: float = 5.0,
             raise UnsupportedTestError(f"tests[{i}] must have 'input' and 'output' strings")
     run = _sandbox(code, {"mode": "stdio", "inputs": [c["input"] for c in cases]}, timeout_s, limits)
     return _result(run, limits, lambda results: stdio_verdict([c["output"] for c in cases], results))
+
+
+def _start_child(args: list[str], **kw) -> subprocess.Popen:
+    """Popen, retried while fork fails with EAGAIN for up to FORK_RETRY_S: process slots can be briefly
+    exhausted while the kernel tears down the PID namespace of a killed fork bomb (ours or another
+    sandbox's), and one program's bomb must not fail the next program's reward."""
+    deadline, pause = time.monotonic() + FORK_RETRY_S, 0.05
+    while True:
+        try:
+            return subprocess.Popen(args, **kw)
+        except BlockingIOError:
+            if time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(2 * pause, 1.0)
 
 
 def _read_while_running(proc: subprocess.Popen, fd: int, deadline: float) -> bytes:

@@ -167,6 +167,20 @@ def _block_sockets() -> None:
     socket.socketpair = refuse  # type: ignore[assignment]
 
 
+def _outer_uid(uid: int) -> int:
+    """`uid` as the parent user namespace sees it (this namespace's uid_map); the kernel exempts uid 0
+    of the initial namespace from RLIMIT_NPROC even when it is mapped to another uid here."""
+    try:
+        with open("/proc/self/uid_map") as f:
+            for line in f:
+                inside, outside, count = (int(x) for x in line.split())
+                if inside <= uid < inside + count:
+                    return outside + uid - inside
+    except (OSError, ValueError):
+        pass
+    return uid
+
+
 def _count_own_processes(uid: int) -> int:
     n = 0
     for pid in os.listdir("/proc"):
@@ -346,6 +360,7 @@ def main() -> None:
     layers += ["rlimits", "isolated_interpreter", "clean_env", "temp_cwd"]
 
     own_processes = _count_own_processes(os.getuid())  # before a user namespace renames our uid
+    nproc_exempt = _outer_uid(os.getuid()) == 0  # uid 0 of the host, seen as another uid in a namespace
     # root that can set up namespaces and switch uid; anyone else goes through a user namespace
     real_root = os.geteuid() == 0
     privileged = real_root and _capable(CAP_SYS_ADMIN, CAP_SETUID, CAP_SETGID)
@@ -391,7 +406,7 @@ def main() -> None:
                 os.setgid(cfg["gid"])
                 os.setuid(cfg["uid"])
                 layers += ["uid_drop", "nproc"]
-            elif not real_root:  # RLIMIT_NPROC counts the real uid's processes (the kernel exempts root)
+            elif not real_root and not nproc_exempt:  # counts the real uid's processes; root is exempt
                 n = own_processes + lim["processes"]
                 resource.setrlimit(resource.RLIMIT_NPROC, (n, n))
                 layers.append("nproc")

@@ -35,7 +35,9 @@ privileges. What each layer guarantees (see `_sandbox_child.py` for the mechanic
   readable only by root are out of reach, and ``nproc`` (RLIMIT_NPROC, which the kernel does not enforce
   for root) stops fork bombs. The limit counts every process of that uid, so concurrent sandboxes share
   it. Otherwise ``nproc`` is set to the user's current process count plus the limit (racy, but it stops
-  a fork bomb).
+  a fork bomb) — except for uid 0 of the host, capless or mapped to another uid in a user namespace,
+  which the kernel exempts from RLIMIT_NPROC: there a fork bomb runs until the deadline, inside its PID
+  namespace (which the kernel empties when it ends), and can briefly use up the host's process slots.
 * ``no_new_privs``: setuid binaries cannot raise privileges.
 
 The program is PID 1 of its namespace, where the kernel drops signals it sends itself that have no

@@ -230,6 +230,30 @@ def _other_sandbox() -> dict:
     return out
 
 
+def _process_count() -> int:
+    return sum(name.isdigit() for name in os.listdir("/proc"))
+
+
+def _settle(baseline: int, slack: int = 64, wait_s: float = 60.0) -> None:
+    """Wait until the host's processes are back near `baseline`: where RLIMIT_NPROC cannot apply (uid 0
+    of the host), a fork bomb's processes are still being killed after its sandbox has returned, and
+    the next case's fork or thread start would fail with EAGAIN. Stops once the count no longer falls
+    (other work on the machine)."""
+    previous = None
+    falling_at = time.monotonic()
+    deadline = falling_at + wait_s
+    while time.monotonic() < deadline:
+        count = _process_count()
+        if count <= baseline + slack:
+            return
+        if previous is None or count < previous:
+            falling_at = time.monotonic()
+        elif time.monotonic() - falling_at > 1.0:  # no longer falling: the rest is not ours
+            return
+        previous = count
+        time.sleep(0.1)
+
+
 def run_all() -> dict:
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -258,9 +282,11 @@ def run_all() -> dict:
         os.path.join(os.path.expanduser("~"), unique),
     ]
     report = {}
+    baseline = _process_count()
     try:
         for name, (kind, code, tests) in _cases(port, targets).items():
             r = _run(kind, code, tests)
+            _settle(baseline)
             escaped = [t for t in targets if os.path.exists(t)]
             report[name] = {
                 "passed": r.passed,

@@ -167,6 +167,20 @@ def _block_sockets() -> None:
     socket.socketpair = refuse  # type: ignore[assignment]
 
 
+def _fork_retrying(seconds: float = 10.0) -> int:
+    """os.fork, retried while it fails with EAGAIN: the host's process slots can be full for a moment
+    while the kernel empties the PID namespace of an earlier program's fork bomb."""
+    deadline, pause = time.monotonic() + seconds, 0.05
+    while True:
+        try:
+            return os.fork()
+        except BlockingIOError:
+            if time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(2 * pause, 1.0)
+
+
 def _outer_uid(uid: int) -> int:
     """`uid` as the parent user namespace sees it (this namespace's uid_map); the kernel exempts uid 0
     of the initial namespace from RLIMIT_NPROC even when it is mapped to another uid here."""
@@ -387,7 +401,7 @@ def main() -> None:
         )
         os._exit(70)
 
-    pid = os.fork()
+    pid = _fork_retrying()
     if pid == 0:  # the runner
         try:
             _libc.prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0)

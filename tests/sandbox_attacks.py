@@ -170,10 +170,12 @@ def _cases(port: int, escape_targets: list[str]) -> dict:
             "blocks = []\nwhile True:\n    blocks.append(bytearray(2**20))\n",
             "assert True\n",
         ),
-        # last: where no RLIMIT_NPROC applies (host uid 0) it fills the process slots for a moment
+        # last. Where no RLIMIT_NPROC applies (host uid 0) an unbounded bomb fills the host's process table
+        # until the kernel has emptied its PID namespace, and the test machine's own forks fail: there the
+        # suite asks for 300 children that never exit (still a failing reward, still cleaned up)
         "fork_bomb": (
             "asserts",
-            "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
+            FORK_STORM if os.environ.get("MUONEXT_BOUNDED_FORK_BOMB") else FORK_BOMB,
             "assert True\n",
         ),
     }
@@ -229,6 +231,13 @@ def _other_sandbox() -> dict:
             pass
     thread.join()
     return out
+
+
+FORK_BOMB = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+FORK_STORM = (
+    "import os, time\nfor _ in range(300):\n    if os.fork() == 0:\n        time.sleep(3600)\n"
+    "while True:\n    pass\n"
+)
 
 
 def _process_count() -> int:

@@ -167,13 +167,14 @@ def _block_sockets() -> None:
     socket.socketpair = refuse  # type: ignore[assignment]
 
 
-def _fork_retrying(seconds: float = 10.0) -> int:
-    """os.fork, retried while it fails with EAGAIN: the host's process slots can be full for a moment
-    while the kernel empties the PID namespace of an earlier program's fork bomb."""
+def retry_on_eagain(call, seconds: float):
+    """call(), retried while it fails with EAGAIN for up to `seconds`: the host's process slots can be full
+    for a moment while the kernel empties the PID namespace of an earlier program's fork bomb. Also used by
+    sandbox.py for starting this file."""
     deadline, pause = time.monotonic() + seconds, 0.05
     while True:
         try:
-            return os.fork()
+            return call()
         except BlockingIOError:
             if time.monotonic() + pause > deadline:
                 raise
@@ -401,7 +402,7 @@ def main() -> None:
         )
         os._exit(70)
 
-    pid = _fork_retrying()
+    pid = retry_on_eagain(os.fork, 10.0)
     if pid == 0:  # the runner
         try:
             _libc.prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0)

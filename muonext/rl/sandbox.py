@@ -68,6 +68,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ._sandbox_child import retry_on_eagain
 from .judge import UnsupportedTestError, call_checks, call_verdict, split_asserts, stdio_verdict, verdict
 
 _CHILD = Path(__file__).with_name("_sandbox_child.py")
@@ -315,18 +316,8 @@ def run_stdio_tests(code: str, cases: list[dict], timeout_s: float = 5.0,
 
 
 def _start_child(args: list[str], **kw) -> subprocess.Popen:
-    """Popen, retried while fork fails with EAGAIN for up to FORK_RETRY_S: process slots can be briefly
-    exhausted while the kernel tears down the PID namespace of a killed fork bomb (ours or another
-    sandbox's), and one program's bomb must not fail the next program's reward."""
-    deadline, pause = time.monotonic() + FORK_RETRY_S, 0.05
-    while True:
-        try:
-            return subprocess.Popen(args, **kw)
-        except BlockingIOError:
-            if time.monotonic() + pause > deadline:
-                raise
-            time.sleep(pause)
-            pause = min(2 * pause, 1.0)
+    """Popen, retried on EAGAIN for FORK_RETRY_S: one program's fork bomb must not fail the next one's reward."""
+    return retry_on_eagain(lambda: subprocess.Popen(args, **kw), FORK_RETRY_S)
 
 
 def _read_while_running(proc: subprocess.Popen, fd: int, deadline: float) -> bytes:

@@ -53,6 +53,7 @@ PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
 SIGKILL = 9
 CAP_SETGID, CAP_SETUID, CAP_SYS_ADMIN = 6, 7, 21
 WIRE_LIMIT = 8 * 2**20  # characters of JSON one run may report
+FORK_RETRY_S = 10.0  # how long a fork (the sandbox's start, the runner) that fails with EAGAIN is retried
 
 _libc = ctypes.CDLL(None, use_errno=True)
 # bound before any untrusted code runs: a program that patches builtins or json cannot mute the runner
@@ -402,7 +403,7 @@ def main() -> None:
         )
         os._exit(70)
 
-    pid = retry_on_eagain(os.fork, 10.0)
+    pid = retry_on_eagain(os.fork, FORK_RETRY_S)
     if pid == 0:  # the runner
         try:
             _libc.prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0)

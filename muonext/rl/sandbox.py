@@ -68,14 +68,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._sandbox_child import retry_on_eagain
+from ._sandbox_child import FORK_RETRY_S, retry_on_eagain
 from .judge import UnsupportedTestError, call_checks, call_verdict, split_asserts, stdio_verdict, verdict
 
 _CHILD = Path(__file__).with_name("_sandbox_child.py")
 _TAIL = 4000  # characters of stdout/stderr kept in the result
 MAX_RESULT_BYTES = 16 * 2**20  # of messages from the child; past it the run is cut short
 NOBODY = 65534
-FORK_RETRY_S = 10.0  # how long starting a sandbox retries a fork that fails with EAGAIN
 TEMP_PREFIX = "muonext-sbx-"
 
 
